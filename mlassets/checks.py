@@ -5,12 +5,11 @@ The landed-events checks read back exactly the files the latest materialization 
 the lake.
 """
 
-import os
-
 import dagster as dg
 import numpy as np
 import pyarrow.compute as pc
 
+from mlassets import settings
 from mlassets.assets.ingestion import landed_events
 from mlassets.events import LANDED_SCHEMA, PIXEL_MAX, PIXELS
 from mlassets.landing import EventRange, gaps, landed_ranges
@@ -18,7 +17,7 @@ from mlassets.resources.storage import LakeStorage
 
 
 def max_quarantine_ratio() -> float:
-    return float(os.environ.get("MLASSETS_MAX_QUARANTINE_RATIO") or 0.05)
+    return float(settings.get("MLASSETS_MAX_QUARANTINE_RATIO") or 0.05)
 
 
 def _latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict:

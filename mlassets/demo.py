@@ -36,7 +36,10 @@ class DemoSummary:
             f"  quarantine        {m.get('quarantine_path', '-')}",
             f"  throughput        {float(m.get('events_per_second', 0)):,.0f} events/s",
             "  checks            "
-            + (", ".join(f"{k} {'passed' if v else 'FAILED'}" for k, v in self.checks.items()) or "-"),
+            + (
+                ", ".join(f"{k} {'passed' if v else 'FAILED'}" for k, v in self.checks.items())
+                or "-"
+            ),
             f"  run               {self.run_id} ({self.seconds:.1f}s)",
             "",
             "Open the UI:  make ui   (then http://127.0.0.1:3000, Runs and Assets)",
@@ -56,12 +59,14 @@ def run_demo(count: int = 10_000, malformed: int = 0) -> DemoSummary:
 
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        result = defs.get_job_def("ingest_events").execute_in_process(
+        result = defs.resolve_job_def("ingest_events").execute_in_process(
             instance=instance, raise_on_error=False
         )
         materializations = result.asset_materializations_for_node("landed_events")
         metadata = (
-            {k: v.value for k, v in materializations[-1].metadata.items()} if materializations else {}
+            {k: v.value for k, v in materializations[-1].metadata.items()}
+            if materializations
+            else {}
         )
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     return DemoSummary(

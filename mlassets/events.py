@@ -108,7 +108,7 @@ def explain_body(body: bytes | None) -> tuple[dict | None, str | None]:
     if body is None:
         return None, "empty body"
     try:
-        obj = json.loads(body)
+        obj = json.loads(body.decode("utf-8"))  # bytes would let json guess UTF-16/32
     except UnicodeDecodeError:
         return None, "body is not UTF-8"
     except json.JSONDecodeError as exc:
@@ -166,7 +166,9 @@ def _binary_layout(bodies: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         bodies.offset : bodies.offset + len(bodies) + 1
     ]
     data_buf = bodies.buffers()[2]
-    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    data = (
+        np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    )
     return offsets.astype(np.int64), data
 
 
@@ -273,10 +275,14 @@ def decode_events(raw: pa.Table) -> Decoded:
     bodies = raw["body"].chunk(0) if raw["body"].num_chunks else pa.array([], pa.binary())
     reasons = np.full(n, None, dtype=object)
 
-    candidates = np.flatnonzero(_bulk_candidates(bodies))
-    pieces, failed = _bulk_parse(bodies.take(pa.array(candidates)))
+    bulk = _bulk_candidates(bodies)
+    candidates = np.flatnonzero(bulk)
+    pieces, failed = _bulk_parse(
+        bodies if len(candidates) == n else bodies.take(pa.array(candidates))
+    )
     pieces = [(candidates[pos], table) for pos, table in pieces]
-    slow = np.setdiff1d(np.arange(n), np.concatenate([p for p, _ in pieces] or [[]]).astype(int))
+    # The per-event path: bodies the reader must not see, and those in blocks it refused.
+    slow = np.sort(np.concatenate([np.flatnonzero(~bulk), candidates[failed]]))
 
     records, slow_rows = [], []
     slow_bodies = bodies.take(pa.array(slow, pa.int64())).to_pylist()

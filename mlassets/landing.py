@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from mlassets.events import decode_events
 from mlassets.resources.eventhub import EventHubResource
@@ -90,7 +91,7 @@ def watermarks(landed: dict[str, list[EventRange]]) -> dict[str, int]:
 def gaps(landed: Iterable[EventRange]) -> list[tuple[int, int]]:
     """Sequence numbers missing between consecutive landed ranges of one partition."""
     ranges = sorted(landed)
-    return [(a.last + 1, b.first - 1) for a, b in zip(ranges, ranges[1:]) if b.first > a.last + 1]
+    return [(a.last + 1, b.first - 1) for a, b in pairwise(ranges) if b.first > a.last + 1]
 
 
 def resolve(requested: EventRange, landed: list[EventRange]) -> EventRange | None:
@@ -100,10 +101,16 @@ def resolve(requested: EventRange, landed: list[EventRange]) -> EventRange | Non
         return requested
     high = max((r.last for r in landed), default=-1)
     start = max(requested.first, high + 1)
-    return EventRange(requested.partition_id, start, requested.last) if start <= requested.last else None
+    return (
+        EventRange(requested.partition_id, start, requested.last)
+        if start <= requested.last
+        else None
+    )
 
 
-def backlog(hub: EventHubResource, landed: dict[str, list[EventRange]], max_size: int) -> list[EventRange]:
+def backlog(
+    hub: EventHubResource, landed: dict[str, list[EventRange]], max_size: int
+) -> list[EventRange]:
     """Everything the hub holds after the watermark of each partition, in capped ranges."""
     marks = watermarks(landed)
     out: list[EventRange] = []

@@ -62,6 +62,11 @@ SETTINGS: tuple[Setting, ...] = (
         "largest sequence-number range one landing run (and one Parquet file) covers",
         "50000",
     ),
+    Setting(
+        "MLASSETS_MAX_QUARANTINE_RATIO",
+        "share of quarantined events above which the landing check fails",
+        "0.05",
+    ),
     Setting("DAGSTER_HOME", "Dagster instance folder (the Makefile sets `<project>/dagster_home`)"),
 )
 
@@ -120,3 +125,27 @@ def require_azure_settings() -> None:
             + "; ".join(missing)
             + ". See README.md (Azure settings) and .env.example."
         )
+
+
+def markdown_table() -> str:
+    """The README's settings table."""
+    rows = ["| variable | used in | default | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default else ("secret" if s.secret else "-")
+        rows.append(f"| `{s.name}` | {s.scope} | {default} | {s.description} |")
+    return "\n".join(rows)
+
+
+def env_example() -> str:
+    """`.env.example`: every variable, commented out, with what it is for."""
+    lines = ["# mlassets settings. Copy to .env (git-ignored) or export them in your shell."]
+    for s in SETTINGS:
+        if s.name == "DAGSTER_HOME":
+            continue
+        lines.append(f"\n# {s.description.replace('`', '')} [{s.scope}]")
+        lines.append(f"# {s.name}={s.default or ''}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m mlassets.settings: regenerate the README table
+    print(markdown_table())

@@ -50,11 +50,17 @@ def make_events(count: int, malformed: int = 0, seed: int | None = None) -> Simu
     # Scanners are noisy: jitter each pixel by -1..1 so repeated images differ.
     pixels = np.clip(images[pick] + rng.integers(-1, 2, size=(count, 64)), 0, 16)
     labels = targets[pick].astype(np.int64)
-    batch = uuid.UUID(int=int(rng.integers(0, 2**62))).hex[:8] if seed is not None else uuid.uuid4().hex[:8]
+    batch = (
+        uuid.UUID(int=int(rng.integers(0, 2**62))).hex[:8]
+        if seed is not None
+        else uuid.uuid4().hex[:8]
+    )
     sample_ids = [f"{batch}-{i:07d}" for i in range(count)]
     sources = rng.choice(len(SOURCES), size=count)
     now = datetime.now(UTC)
-    bad_rows = set(rng.choice(count, size=malformed, replace=False).tolist()) if malformed else set()
+    bad_rows = (
+        set(rng.choice(count, size=malformed, replace=False).tolist()) if malformed else set()
+    )
     bodies: list[bytes] = []
     kinds = {k: 0 for k in MALFORMED_KINDS}
     k = 0

@@ -72,6 +72,6 @@ if [ "$WITH_TESTS" = 1 ]; then
   if [ ! -x "$ROOT/node_modules/.bin/azurite-blob" ]; then
     command -v npm >/dev/null 2>&1 || { echo "the tests need npm (Node.js) for Azurite" >&2; exit 1; }
     say "installing Azurite from npm"
-    (cd "$ROOT" && npm install --no-audit --no-fund --loglevel=error)
+    (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 fi

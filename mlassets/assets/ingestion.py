@@ -66,7 +66,9 @@ def observe_hub(
                     "last_seq": p.last_enqueued_sequence_number,
                     progress_label: progress.get(p.partition_id, -1),
                     "backlog": backlog_n,
-                    "last_enqueued": p.last_enqueued_time.isoformat() if p.last_enqueued_time else "",
+                    "last_enqueued": p.last_enqueued_time.isoformat()
+                    if p.last_enqueued_time
+                    else "",
                 }
             )
         )
@@ -130,7 +132,9 @@ def landed_events(
     for want in requested:
         todo = resolve(want, landed.get(want.partition_id, []))
         if todo is None:
-            context.log.info(f"partition {want.partition_id} {want.first}..{want.last}: already landed")
+            context.log.info(
+                f"partition {want.partition_id} {want.first}..{want.last}: already landed"
+            )
             continue
         rewrite = todo in landed.get(want.partition_id, [])
         result = land_range(event_hub, lake, todo, rewrite=rewrite)
@@ -220,7 +224,8 @@ def landing_metadata(results: list[LandingResult], lake: LakeStorage, previous_t
 
 ingest_events = dg.define_asset_job(
     "ingest_events",
-    selection=dg.AssetSelection.assets(landed_events),
-    description="Land new Event Hubs events as Parquet (the sensor passes exact ranges).",
+    selection=dg.AssetSelection.assets(raw_events.key, landed_events),
+    description="Observe the event hub, then land its new events as Parquet (the sensor "
+    "passes exact ranges).",
     tags=LANDING_POOL_TAG,
 )

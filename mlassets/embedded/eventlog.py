@@ -137,21 +137,29 @@ class EventLog:
         return [str(p) for p in range(self.partition_count)]
 
     def partition_properties(self, partition_id: str) -> PartitionProperties:
-        row = self._conn().execute(
-            "SELECT beginning_sequence_number, next_sequence_number, next_offset,"
-            " last_enqueued_time_us FROM partitions WHERE partition_id = ?",
-            (int(partition_id),),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT beginning_sequence_number, next_sequence_number, next_offset,"
+                " last_enqueued_time_us FROM partitions WHERE partition_id = ?",
+                (int(partition_id),),
+            )
+            .fetchone()
+        )
         if row is None:
             raise KeyError(f"no partition {partition_id!r} (the hub has {self.partition_count})")
         beginning, next_seq, next_offset, last_us = row
         last_seq = next_seq - 1
         last_offset = -1
         if last_seq >= 0:
-            found = self._conn().execute(
-                "SELECT byte_offset FROM events WHERE partition_id=? AND sequence_number=?",
-                (int(partition_id), last_seq),
-            ).fetchone()
+            found = (
+                self._conn()
+                .execute(
+                    "SELECT byte_offset FROM events WHERE partition_id=? AND sequence_number=?",
+                    (int(partition_id), last_seq),
+                )
+                .fetchone()
+            )
             last_offset = found[0] if found else next_offset
         return PartitionProperties(
             partition_id=str(partition_id),
@@ -203,7 +211,9 @@ class EventLog:
                 )
             }
             if partition_id is not None and int(partition_id) not in state:
-                raise KeyError(f"no partition {partition_id!r} (the hub has {self.partition_count})")
+                raise KeyError(
+                    f"no partition {partition_id!r} (the hub has {self.partition_count})"
+                )
             rows = []
             acks: list[tuple[str, int]] = []
             for i, p in enumerate(targets):
@@ -229,12 +239,17 @@ class EventLog:
         self, partition_id: str, first_sequence_number: int, last_sequence_number: int
     ) -> pa.Table:
         """Events with first <= sequence number <= last, in order, as a RAW_EVENT_SCHEMA table."""
-        rows = self._conn().execute(
-            "SELECT sequence_number, byte_offset, enqueued_time_us, partition_key, properties, body"
-            " FROM events WHERE partition_id=? AND sequence_number BETWEEN ? AND ?"
-            " ORDER BY sequence_number",
-            (int(partition_id), first_sequence_number, last_sequence_number),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT sequence_number, byte_offset, enqueued_time_us, partition_key,"
+                " properties, body FROM events"
+                " WHERE partition_id=? AND sequence_number BETWEEN ? AND ?"
+                " ORDER BY sequence_number",
+                (int(partition_id), first_sequence_number, last_sequence_number),
+            )
+            .fetchall()
+        )
         return raw_events_table(str(partition_id), rows)
 
     # -- retention and checkpoints ------------------------------------------------------------
@@ -271,4 +286,3 @@ class EventLog:
                 (consumer_group,),
             )
         }
-

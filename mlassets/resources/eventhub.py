@@ -73,7 +73,9 @@ class EmbeddedEventHub(EventHubResource):
 
     path: str = Field(description="SQLite file of the log")
     name: str = Field(default="digits", description="hub name, for run keys and display")
-    partitions: int = Field(default=4, description="partition count, fixed when the file is created")
+    partitions: int = Field(
+        default=4, description="partition count, fixed when the file is created"
+    )
 
     _log: EventLog | None = PrivateAttr(default=None)
 
@@ -105,13 +107,21 @@ class AzureEventHub(EventHubResource):
 
     eventhub_name: str = Field(description="the event hub")
     fully_qualified_namespace: str | None = Field(
-        default=None, description="<namespace>.servicebus.windows.net; used with DefaultAzureCredential"
+        default=None,
+        description="<namespace>.servicebus.windows.net; used with DefaultAzureCredential",
     )
-    connection_string: str | None = Field(default=None, description="instead of namespace + credential")
+    connection_string: str | None = Field(
+        default=None, description="instead of namespace + credential"
+    )
     consumer_group: str = "$Default"
-    #: How long a range read may wait for events that the partition says exist.
+    #: How long a range read may go without receiving any event of the range before it
+    #: gives up (IncompleteReadError); a slow stream that keeps delivering is not cut off.
     max_wait_seconds: float = 60.0
     max_batch_size: int = 1000
+
+    #: One credential per resource, created on first use: it caches its tokens, so every
+    #: client of this resource reuses them instead of fetching a new token per call.
+    _credential: object | None = PrivateAttr(default=None)
 
     @property
     def hub_name(self) -> str:
@@ -124,12 +134,14 @@ class AzureEventHub(EventHubResource):
             raise ValueError(
                 "set MLASSETS_EVENTHUB_CONNECTION_STRING or MLASSETS_EVENTHUB_NAMESPACE"
             )
-        from azure.identity import DefaultAzureCredential
+        if self._credential is None:
+            from azure.identity import DefaultAzureCredential
 
+            self._credential = DefaultAzureCredential()
         return {
             "fully_qualified_namespace": self.fully_qualified_namespace,
             "eventhub_name": self.eventhub_name,
-            "credential": DefaultAzureCredential(),
+            "credential": self._credential,
         }
 
     def consumer(self):
@@ -156,15 +168,16 @@ class AzureEventHub(EventHubResource):
 
     def partition_properties(self, partition_id: str) -> PartitionProperties:
         with self.consumer() as client:
-            p = client.get_partition_properties(partition_id)
-        return PartitionProperties(
-            partition_id=str(p["id"]),
-            beginning_sequence_number=int(p["beginning_sequence_number"]),
-            last_enqueued_sequence_number=int(p["last_enqueued_sequence_number"]),
-            last_enqueued_offset=int(p["last_enqueued_offset"] or -1),
-            last_enqueued_time=p.get("last_enqueued_time_utc"),
-            is_empty=bool(p["is_empty"]),
-        )
+            return _partition_properties(client.get_partition_properties(partition_id))
+
+    def all_partition_properties(self) -> list[PartitionProperties]:
+        """One connection for the whole hub, not one per partition (the sensor calls this
+        every tick)."""
+        with self.consumer() as client:
+            return [
+                _partition_properties(client.get_partition_properties(pid))
+                for pid in client.get_partition_ids()
+            ]
 
     def read_range(self, partition_id: str, first: int, last: int) -> pa.Table:
         """Receive from `first` (inclusive) until `last` arrives, bounded by max_wait_seconds."""
@@ -173,55 +186,85 @@ class AzureEventHub(EventHubResource):
         if start > last:
             return RAW_EVENT_SCHEMA.empty_table()
         rows: list[tuple] = []
-        done = threading.Event()
+        finished = threading.Event()  # the range is complete, or the read cannot go on
+        complete = [False]
         progress = [time.monotonic()]
+        errors: list[str] = []
 
         def on_batch(_ctx, events) -> None:
+            if not events:  # a wake-up without events is not progress
+                return
+            progress[0] = time.monotonic()
             for ev in events:
                 seq = ev.sequence_number
-                if seq > last:
-                    done.set()
+                prev = rows[-1][0] if rows else None
+                # The SDK re-opens a broken link at the last received offset, inclusive, and
+                # a re-claimed partition starts over at `start`: an event may come twice.
+                if seq < start or (prev is not None and seq <= prev):
+                    continue
+                # Sequence numbers are contiguous and events expire only from the front, so
+                # a hole after the first received event is never expiry: landing past it
+                # would lose events for good.
+                if prev is not None and seq != prev + 1:
+                    errors.append(f"sequence numbers {prev + 1}..{min(seq - 1, last)} missing")
+                    finished.set()
                     return
-                if seq >= start:
-                    rows.append(_event_row(ev))
-                    if seq == last:
-                        done.set()
-                        return
-            progress[0] = time.monotonic()
+                # Past `last` nothing of the range is still to come: whatever is missing
+                # before the first received event expired while the read was in flight.
+                if seq > last:
+                    complete[0] = True
+                    finished.set()
+                    return
+                rows.append(_event_row(ev))
+                if seq == last:
+                    complete[0] = True
+                    finished.set()
+                    return
+
+        def on_error(_ctx, error: Exception) -> None:  # the SDK retries; keep the cause
+            errors.append(repr(error))
+
+        def receive() -> None:
+            try:
+                client.receive_batch(
+                    on_event_batch=on_batch,
+                    on_error=on_error,
+                    partition_id=partition_id,
+                    starting_position=start,  # an int is a sequence number to the SDK
+                    starting_position_inclusive=True,
+                    max_batch_size=self.max_batch_size,
+                    # None: a partial batch is handed over at once, not held for a timer.
+                    max_wait_time=None,
+                )
+            except Exception as exc:
+                errors.append(repr(exc))
+                finished.set()
 
         client = self.consumer()
-        worker = threading.Thread(
-            target=client.receive_batch,
-            kwargs={
-                "on_event_batch": on_batch,
-                "partition_id": partition_id,
-                "starting_position": start,
-                "starting_position_inclusive": True,
-                "max_batch_size": self.max_batch_size,
-                "max_wait_time": 1.0,
-            },
-            daemon=True,
-        )
+        worker = threading.Thread(target=receive, daemon=True)
         worker.start()
         try:
-            while not done.wait(0.2):
+            while not finished.wait(0.05):
                 if time.monotonic() - progress[0] > self.max_wait_seconds:
                     break
         finally:
             client.close()
             worker.join(timeout=10)
-        got_last = rows[-1][0] if rows else None
-        if got_last != last:
+        if not complete[0]:
+            got = f" up to {rows[-1][0]}" if rows else ""
+            cause = f"; {errors[-1]}" if errors else ""
             raise IncompleteReadError(
                 f"event hub {self.eventhub_name!r} partition {partition_id}: asked for sequence "
-                f"numbers {start}..{last}, received {len(rows)} events"
-                f"{f' up to {got_last}' if rows else ''} within {self.max_wait_seconds:.0f}s"
+                f"numbers {start}..{last}, received {len(rows)} events{got} "
+                f"within {self.max_wait_seconds:g}s{cause}"
             )
         return raw_events_table(partition_id, rows)
 
     def publish(self, bodies, partition_keys=None, properties=None) -> int:
         from azure.eventhub import EventData
 
+        if partition_keys is not None and len(partition_keys) != len(bodies):
+            raise ValueError("partition_keys must have one entry per body")
         groups: dict[str | None, list[bytes]] = {}
         for i, body in enumerate(bodies):
             groups.setdefault(partition_keys[i] if partition_keys else None, []).append(body)
@@ -236,6 +279,11 @@ class AzureEventHub(EventHubResource):
                     try:
                         batch.add(event)
                     except ValueError:  # batch full: send it and start another
+                        if not len(batch):
+                            raise ValueError(
+                                f"an event of {len(body)} bytes does not fit in an Event Hubs "
+                                f"batch of {batch.max_size_in_bytes} bytes"
+                            ) from None
                         producer.send_batch(batch)
                         sent += len(batch)
                         batch = producer.create_batch(partition_key=key)
@@ -246,22 +294,71 @@ class AzureEventHub(EventHubResource):
         return sent
 
 
+def _offset(value: object) -> int | None:
+    """Offsets are opaque strings to the service; on geo-replicated namespaces they need not
+    be numbers. Positions are sequence numbers here, so a non-numeric offset is just absent."""
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _partition_properties(p: dict) -> PartitionProperties:
+    """The SDK's `get_partition_properties` dict, in the platform's terms."""
+    last_seq = int(p["last_enqueued_sequence_number"])
+    when = p.get("last_enqueued_time_utc")
+    if last_seq < 0 or (when is not None and when.year <= 1):  # never written: no time
+        when = None
+    elif when is not None and when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    offset = _offset(p.get("last_enqueued_offset"))
+    return PartitionProperties(
+        partition_id=str(p["id"]),
+        beginning_sequence_number=int(p["beginning_sequence_number"]),
+        last_enqueued_sequence_number=last_seq,
+        last_enqueued_offset=offset if offset is not None else -1,
+        last_enqueued_time=when,
+        is_empty=bool(p["is_empty"]),
+    )
+
+
+def _text(value: object) -> object:
+    """AMQP strings and binaries both arrive as bytes; never fail on one that is not UTF-8."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else value
+
+
+def _body_bytes(ev) -> bytes | None:
+    """The event body as bytes, whatever AMQP body the producer chose: a data body (what the
+    Event Hubs SDKs send) is joined; a value or sequence body is serialized, so a foreign
+    producer's event is landed or quarantined instead of failing the whole range."""
+    from azure.eventhub.amqp import AmqpMessageBodyType
+
+    try:
+        body = ev.body
+    except ValueError:  # a message without a body section
+        return None
+    if ev.body_type == AmqpMessageBodyType.DATA:
+        return body if isinstance(body, bytes) else b"".join(body)
+    if isinstance(body, bytes | bytearray):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    if ev.body_type == AmqpMessageBodyType.SEQUENCE:
+        body = list(body)
+    return json.dumps(body, default=lambda v: _text(v) if isinstance(v, bytes) else str(v)).encode()
+
+
 def _event_row(ev) -> tuple:
     enqueued = ev.enqueued_time
     if enqueued is not None and enqueued.tzinfo is None:
         enqueued = enqueued.replace(tzinfo=UTC)
-    props = ev.properties or {}
-    props = {
-        (k.decode() if isinstance(k, bytes) else str(k)): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in props.items()
-    }
-    offset = ev.offset
+    props = {str(_text(k)): _text(v) for k, v in (ev.properties or {}).items()}
+    key = ev.partition_key
     return (
         ev.sequence_number,
-        int(offset) if offset is not None else None,
+        _offset(ev.offset),
         enqueued,
-        ev.partition_key.decode() if isinstance(ev.partition_key, bytes) else ev.partition_key,
+        _text(key) if key is not None else None,
         json.dumps(props, sort_keys=True, default=str) if props else None,
-        b"".join(ev.body) if not isinstance(ev.body, bytes | bytearray) else bytes(ev.body),
+        _body_bytes(ev),
     )
-

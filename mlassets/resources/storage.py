@@ -62,7 +62,9 @@ def parse_connection_string(conn: str) -> dict[str, str]:
 class LakeStorage(dg.ConfigurableResource):
     """Reads and writes the lakehouse: Parquet files and Delta Lake tables, by relative path."""
 
-    url: str = Field(description="lake root: file:///path or abfs://container@account.dfs.core.windows.net/prefix")
+    url: str = Field(
+        description="lake root: file:///path or abfs://container@account.dfs.core.windows.net/prefix"
+    )
     connection_string: str | None = Field(
         default=None, description="storage connection string; unset means DefaultAzureCredential"
     )
@@ -85,7 +87,9 @@ class LakeStorage(dg.ConfigurableResource):
             if self.is_local:
                 self._cache["fs"] = fsspec.filesystem("file", auto_mkdir=True)
             elif self.connection_string:
-                self._cache["fs"] = fsspec.filesystem("abfs", connection_string=self.connection_string)
+                self._cache["fs"] = fsspec.filesystem(
+                    "abfs", connection_string=self.connection_string
+                )
             else:
                 from azure.identity import DefaultAzureCredential
 
@@ -98,7 +102,11 @@ class LakeStorage(dg.ConfigurableResource):
 
     def path(self, relative: str = "") -> str:
         """The filesystem path of a lake-relative path (what `fs` methods take)."""
-        return posixpath.join(self.location.root, relative.lstrip("/")) if relative else self.location.root
+        return (
+            posixpath.join(self.location.root, relative.lstrip("/"))
+            if relative
+            else self.location.root
+        )
 
     def uri(self, relative: str = "") -> str:
         """A full URL for people and for engines that take URLs (Delta Lake, links)."""
@@ -161,7 +169,10 @@ class LakeStorage(dg.ConfigurableResource):
         return self.size(relative)
 
     def read_parquet(
-        self, relative: str | list[str], columns: list[str] | None = None, schema: pa.Schema | None = None
+        self,
+        relative: str | list[str],
+        columns: list[str] | None = None,
+        schema: pa.Schema | None = None,
     ) -> pa.Table:
         """One file or several (concatenated in the order given)."""
         paths = [relative] if isinstance(relative, str) else list(relative)

@@ -1,0 +1,1 @@
+"""Performance targets, measured (never asserted in tests). Run: `make bench`."""

@@ -1,0 +1,138 @@
+"""Shared fixtures: an isolated data dir and Dagster instance per test, and Azurite.
+
+Every test that touches the embedded twins gets its own MLASSETS_DATA_DIR and DAGSTER_HOME,
+so tests never see each other's events, lake files or runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mlassets.settings import PROJECT_ROOT
+
+AZURITE_ACCOUNT = "devstoreaccount1"
+# Azurite's published development key (not a secret: it is the same for every Azurite).
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_azure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests choose their deployment explicitly; a developer's shell must not leak in."""
+    for name in list(os.environ):
+        if name.startswith("MLASSETS_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh MLASSETS_DATA_DIR (embedded hub, lake, databases) for one test."""
+    path = tmp_path / "data"
+    path.mkdir()
+    monkeypatch.setenv("MLASSETS_DATA_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A DAGSTER_HOME with the project's dagster.yaml, for one test."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def instance(dagster_home: Path) -> Iterator[dg.DagsterInstance]:
+    with dg.DagsterInstance.get() as inst:
+        yield inst
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Azurite sometimes ignores SIGTERM: escalate to SIGKILL, on its whole group."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=5)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Azurite blob service on a free port; yields its connection string."""
+    binary = PROJECT_ROOT / "node_modules" / ".bin" / "azurite-blob"
+    if not binary.exists():
+        pytest.fail("Azurite is not installed: run `make test` (it runs `npm ci`)")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("azurite")
+    log = open(workdir / "azurite.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            str(binary),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--location",
+            str(workdir),
+            "--loose",
+            "--skipApiVersionCheck",
+            "--silent",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"Azurite exited: {(workdir / 'azurite.log').read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("Azurite did not open its port within 30s")
+                time.sleep(0.2)
+        yield (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+            f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
+        )
+    finally:
+        _stop(proc)
+        log.close()
+
+
+@pytest.fixture
+def azurite_container(azurite: str) -> str:
+    """A fresh, empty container on Azurite for one test; yields its name."""
+    from azure.storage.blob import BlobServiceClient
+
+    name = f"t{uuid.uuid4().hex[:12]}"
+    BlobServiceClient.from_connection_string(azurite).create_container(name)
+    return name
