@@ -6,15 +6,20 @@ runs that train or score.
 
 import dagster as dg
 
+from mlassets.assets.cdc import cdc_deltas, labels, sync_labels
 from mlassets.assets.ingestion import ingest_events, landed_events, raw_events
 from mlassets.checks import ASSET_CHECKS
 from mlassets.deployment import build_resources
+from mlassets.sensors.cdc import labels_cdc_sensor
 from mlassets.sensors.eventhub import eventhub_sensor
 
 defs = dg.Definitions(
-    assets=[raw_events, landed_events],
+    assets=[raw_events, landed_events, cdc_deltas, labels],
     asset_checks=ASSET_CHECKS,
-    jobs=[ingest_events],
-    sensors=[eventhub_sensor],
+    jobs=[ingest_events, sync_labels],
+    sensors=[eventhub_sensor, labels_cdc_sensor],
     resources=build_resources(),
+    # Steps here are I/O-light or launch their own processes (Horovod through Pipes), so a
+    # subprocess per step would only add seconds to every run.
+    executor=dg.in_process_executor,
 )

@@ -67,6 +67,19 @@ SETTINGS: tuple[Setting, ...] = (
         "share of quarantined events above which the landing check fails",
         "0.05",
     ),
+    Setting(
+        "MLASSETS_LABELS_DB_URL",
+        "SQLAlchemy URL of the labels database: `sqlite:///path` (embedded twin) or "
+        "`mssql+pyodbc://...` (Azure SQL, see Labels in the README)",
+        "sqlite:///<data dir>/labels.db",
+        secret=True,
+    ),
+    Setting(
+        "MLASSETS_LABELS_CAPTURE_INSTANCE",
+        "change data capture instance of the labels table on Azure SQL",
+        "dbo_labels",
+        scope="azure",
+    ),
     Setting("DAGSTER_HOME", "Dagster instance folder (the Makefile sets `<project>/dagster_home`)"),
 )
 
@@ -75,6 +88,7 @@ AZURE_REQUIRED: tuple[str | tuple[str, ...], ...] = (
     "MLASSETS_LAKE_URL",
     "MLASSETS_EVENTHUB_NAME",
     ("MLASSETS_EVENTHUB_CONNECTION_STRING", "MLASSETS_EVENTHUB_NAMESPACE"),
+    "MLASSETS_LABELS_DB_URL",
 )
 
 
@@ -110,6 +124,10 @@ def lake_url() -> str:
 
 def max_range_events() -> int:
     return int(get("MLASSETS_MAX_RANGE_EVENTS") or 50_000)
+
+
+def labels_db_url() -> str:
+    return os.environ.get("MLASSETS_LABELS_DB_URL") or f"sqlite:///{data_dir() / 'labels.db'}"
 
 
 def require_azure_settings() -> None:

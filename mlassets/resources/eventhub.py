@@ -195,6 +195,15 @@ class AzureEventHub(EventHubResource):
             if not events:  # a wake-up without events is not progress
                 return
             progress[0] = time.monotonic()
+            try:
+                take(events)
+            except Exception as exc:
+                # The SDK would hand this to on_error and deliver the same events again,
+                # for ever; a failure on the events themselves ends the read at once.
+                errors.append(f"{exc!r} while reading the events")
+                finished.set()
+
+        def take(events) -> None:
             for ev in events:
                 seq = ev.sequence_number
                 prev = rows[-1][0] if rows else None
@@ -336,6 +345,8 @@ def _body_bytes(ev) -> bytes | None:
     try:
         body = ev.body
     except ValueError:  # a message without a body section
+        return None
+    if body is None:
         return None
     if ev.body_type == AmqpMessageBodyType.DATA:
         return body if isinstance(body, bytes) else b"".join(body)
