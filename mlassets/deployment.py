@@ -14,7 +14,9 @@ import dagster as dg
 
 from mlassets import settings
 from mlassets.resources.eventhub import AzureEventHub, EmbeddedEventHub
+from mlassets.resources.labels_db import AzureSqlLabelsDatabase, labels_database_class
 from mlassets.resources.storage import LakeStorage
+from mlassets.resources.training import LocalHorovod
 
 
 def _env(name: str) -> dg.EnvVar | None:
@@ -31,7 +33,20 @@ def local_resources() -> dict[str, Any]:
             name=settings.get("MLASSETS_EVENTHUB_NAME") or "digits",
             partitions=int(settings.get("MLASSETS_EVENTHUB_PARTITIONS") or 4),
         ),
+        "labels_db": _local_labels_db(),
+        "training_compute": LocalHorovod(
+            workers=int(settings.get("MLASSETS_TRAINING_WORKERS") or 2),
+            threads_per_worker=int(settings.get("MLASSETS_TRAINING_THREADS") or 1),
+        ),
     }
+
+
+def _local_labels_db() -> dg.ConfigurableResource:
+    """The embedded SQLite twin by default; any URL the variable names otherwise (its value
+    stays out of the UI as an EnvVar, while its dialect picks the implementation)."""
+    url = settings.labels_db_url()
+    value = dg.EnvVar("MLASSETS_LABELS_DB_URL") if os.environ.get("MLASSETS_LABELS_DB_URL") else url
+    return labels_database_class(url)(url=value)
 
 
 def azure_resources() -> dict[str, Any]:
@@ -46,6 +61,10 @@ def azure_resources() -> dict[str, Any]:
             fully_qualified_namespace=_env("MLASSETS_EVENTHUB_NAMESPACE"),
             connection_string=_env("MLASSETS_EVENTHUB_CONNECTION_STRING"),
             consumer_group=settings.get("MLASSETS_EVENTHUB_CONSUMER_GROUP") or "$Default",
+        ),
+        "labels_db": AzureSqlLabelsDatabase(
+            url=dg.EnvVar("MLASSETS_LABELS_DB_URL"),
+            capture_instance=settings.get("MLASSETS_LABELS_CAPTURE_INSTANCE") or "dbo_labels",
         ),
     }
 

@@ -80,6 +80,23 @@ SETTINGS: tuple[Setting, ...] = (
         "dbo_labels",
         scope="azure",
     ),
+    Setting("MLASSETS_TRAINING_WORKERS", "Horovod workers for local training", "2", scope="local"),
+    Setting(
+        "MLASSETS_TRAINING_THREADS",
+        "TensorFlow threads per local Horovod worker",
+        "1",
+        scope="local",
+    ),
+    Setting(
+        "MLASSETS_MIN_CLASS_ROWS",
+        "fewest training rows per digit the dataset check accepts",
+        "20",
+    ),
+    Setting(
+        "MLASSETS_MIN_TEST_ACCURACY",
+        "test accuracy a model needs to pass its blocking check (and ever score)",
+        "0.90",
+    ),
     Setting("DAGSTER_HOME", "Dagster instance folder (the Makefile sets `<project>/dagster_home`)"),
 )
 

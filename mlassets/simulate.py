@@ -116,3 +116,171 @@ def record_truth(data_dir: Path, events: SimulatedEvents) -> Path:
     pq.write_table(table, tmp)
     tmp.replace(path)
     return path
+
+
+# -- labels ----------------------------------------------------------------------------------
+
+LABELERS = ("ana", "bo", "chen", "dara", "eli", "fumi")
+REVIEWER = "reviewer"
+#: The labelling team's memory between calls: which samples stay unlabeled (`reserved` for
+#: inference) and which labels were withdrawn (`retracted`), so neither is labelled later.
+LABELING_STATE = "labeling_state.parquet"
+#: Invalid labels the simulator can inject, dealt out in turn (None is SQL NULL).
+INVALID_LABELS = (11, None)
+
+
+@dataclass(frozen=True)
+class LabelingRound:
+    """What one `simulate labels` call did to the labels table."""
+
+    labeled: int
+    wrong: int
+    invalid: int
+    corrected: int
+    retracted: int
+    reserved: int
+    total_labels: int
+    samples: int
+
+
+def _constant(value: str, n: int) -> pa.Array:
+    return pa.repeat(pa.scalar(value, pa.string()), n)
+
+
+def _read_state(path: Path) -> pa.Table:
+    if path.exists():
+        return pq.read_table(path)
+    return pa.table({"sample_id": pa.array([], pa.string()), "state": pa.array([], pa.string())})
+
+
+def simulate_labels(
+    db,
+    data_dir: Path,
+    *,
+    unlabeled: float = 0.2,
+    wrong: float = 0.05,
+    retract: float = 0.02,
+    invalid: int = 0,
+    corrections: bool = True,
+    seed: int | None = None,
+) -> LabelingRound:
+    """One round of a labelling team working on the samples `simulate events` published.
+
+    In order: (1) labels that differ from the truth (wrong or invalid ones from an earlier
+    round) are corrected, as updates; (2) a `retract` share of the existing labels is
+    withdrawn, as deletes; (3) samples seen for the first time are labelled, as inserts,
+    except an `unlabeled` share kept back for inference, and a `wrong` share of the new labels
+    is a wrong digit; (4) `invalid` rows get label 11 or NULL (new rows first, then existing
+    ones). `db` is a LabelsDatabase.
+    """
+    import pyarrow.compute as pc
+
+    truth_path = data_dir / "simulated" / "truth.parquet"
+    if not truth_path.exists():
+        raise ValueError("no simulated events yet: run `mlassets simulate events` first")
+    rng = np.random.default_rng(seed)
+    truth = pq.read_table(truth_path).select(["sample_id", "label"])
+    truth = truth.rename_columns(["sample_id", "truth"])
+    # A sample id published twice (a rescan) counts once, with its latest truth.
+    truth = truth.append_column("_pos", pa.array(np.arange(truth.num_rows)))
+    latest = truth.group_by("sample_id").aggregate([("_pos", "max")])["_pos_max"]
+    truth = truth.take(np.sort(latest.to_numpy())).drop_columns(["_pos"])
+    state_path = data_dir / "simulated" / LABELING_STATE
+    state = _read_state(state_path)
+    current = db.read_labels().select(["sample_id", "label", "labeler"])
+
+    # (1) corrections: a label that is not the true digit (wrong, 11, NULL) is fixed.
+    corrected = 0
+    if corrections and current.num_rows:
+        joined = current.join(truth, "sample_id", join_type="inner")
+        off = pc.fill_null(pc.not_equal(joined["label"], joined["truth"]), True)
+        fix = joined.filter(off)
+        corrected = db.update_labels(
+            pa.table(
+                {
+                    "sample_id": fix["sample_id"],
+                    "label": fix["truth"].cast(pa.int32()),
+                    "labeler": _constant(REVIEWER, fix.num_rows),
+                }
+            )
+        )
+
+    # (2) retractions.
+    n_retract = round(retract * current.num_rows)
+    retracted_ids = (
+        current["sample_id"].take(pa.array(rng.choice(current.num_rows, n_retract, replace=False)))
+        if n_retract
+        else pa.array([], pa.string())
+    )
+    retracted = db.delete_labels(retracted_ids)
+
+    # (3) new samples: some kept back for inference, the rest labelled, some wrongly.
+    seen = pa.chunked_array([*current["sample_id"].chunks, *state["sample_id"].chunks], pa.string())
+    new = truth.filter(pc.invert(pc.is_in(truth["sample_id"], value_set=seen.combine_chunks())))
+    keep_back = rng.random(new.num_rows) < unlabeled
+    reserved = new.filter(pa.array(keep_back))
+    fresh = new.filter(pa.array(~keep_back))
+    digits = fresh["truth"].to_numpy().astype(np.int64)
+    is_wrong = rng.random(fresh.num_rows) < wrong
+    digits = np.where(is_wrong, (digits + rng.integers(1, 10, fresh.num_rows)) % 10, digits)
+    labels = pa.array(digits, pa.int32())
+
+    # (4) invalid labels: on new rows first, then on existing ones.
+    n_invalid_new = min(invalid, fresh.num_rows)
+    if n_invalid_new:
+        rows = rng.choice(fresh.num_rows, n_invalid_new, replace=False)
+        values = labels.to_numpy(zero_copy_only=False).astype(object)
+        values[rows] = [INVALID_LABELS[i % len(INVALID_LABELS)] for i in range(n_invalid_new)]
+        labels = pa.array(values, pa.int32())
+    who = np.array(LABELERS, dtype=object)[rng.integers(0, len(LABELERS), fresh.num_rows)]
+    labelers = pa.array(who, pa.string())
+    db.insert_labels(
+        pa.table({"sample_id": fresh["sample_id"], "label": labels, "labeler": labelers})
+    )
+    n_invalid_old = min(invalid - n_invalid_new, current.num_rows - n_retract)
+    if n_invalid_old > 0:
+        keep = current.filter(pc.invert(pc.is_in(current["sample_id"], value_set=retracted_ids)))
+        pick = keep.take(pa.array(rng.choice(keep.num_rows, n_invalid_old, replace=False)))
+        db.update_labels(
+            pa.table(
+                {
+                    "sample_id": pick["sample_id"],
+                    "label": pa.array(
+                        [
+                            INVALID_LABELS[(n_invalid_new + i) % len(INVALID_LABELS)]
+                            for i in range(n_invalid_old)
+                        ],
+                        pa.int32(),
+                    ),
+                    "labeler": pick["labeler"],
+                }
+            )
+        )
+
+    remembered = pa.concat_tables(
+        [
+            state,
+            pa.table(
+                {
+                    "sample_id": reserved["sample_id"],
+                    "state": _constant("reserved", reserved.num_rows),
+                }
+            ),
+            pa.table(
+                {"sample_id": retracted_ids, "state": _constant("retracted", len(retracted_ids))}
+            ),
+        ]
+    )
+    tmp = state_path.with_suffix(".tmp")
+    pq.write_table(remembered, tmp)
+    tmp.replace(state_path)
+    return LabelingRound(
+        labeled=fresh.num_rows,
+        wrong=int(is_wrong.sum()),
+        invalid=n_invalid_new + max(n_invalid_old, 0),
+        corrected=corrected,
+        retracted=retracted,
+        reserved=reserved.num_rows,
+        total_labels=db.count_labels(),
+        samples=truth.num_rows,
+    )

@@ -1,0 +1,297 @@
+"""The Horovod training program: `horovodrun -np N ... python -m mlassets.training.train`.
+
+Every rank reads its own shards of the train split, the learning rate scales with the number
+of workers, rank 0's initial variables are broadcast, gradients are averaged by
+`hvd.DistributedGradientTape`, and epoch metrics are averaged across ranks with
+`hvd.allreduce` (Horovod's MetricAverageCallback does not work with tf-keras here). Rank 0
+opens Dagster Pipes: one log line per epoch, then the materialization metadata. Seeded, so
+the same dataset, settings and worker count give the same model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+@dataclass
+class Args:
+    lake_url: str
+    dataset_version: str
+    model_version: str
+    epochs: int = 12
+    batch_size: int = 64
+    learning_rate: float = 0.002
+    seed: int = 1234
+    threads: int = 1
+
+
+@dataclass
+class Metrics:
+    dataset_version: str
+    model_version: str
+    model_path: str
+    workers: int
+    epochs: int
+    test_accuracy: float
+    test_loss: float
+    train_rows: int
+    samples_per_second: float
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+def parse_args(argv: list[str]) -> Args:
+    p = argparse.ArgumentParser(prog="mlassets.training.train")
+    p.add_argument("--lake-url", required=True)
+    p.add_argument("--dataset-version", required=True)
+    p.add_argument("--model-version", required=True)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=64, help="per worker")
+    p.add_argument("--learning-rate", type=float, default=0.002, help="for one worker")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument(
+        "--threads", type=int, default=int(os.environ.get("MLASSETS_TRAINING_THREADS", 1))
+    )
+    return Args(**vars(p.parse_args(argv)))
+
+
+class Reporter:
+    """Rank 0 talks to Dagster through Pipes; outside Dagster (benchmarks) it prints."""
+
+    def __init__(self, rank: int) -> None:
+        self.pipes = None
+        self._cm = None
+        if rank == 0 and os.environ.get("DAGSTER_PIPES_CONTEXT"):
+            from mlassets.training.pipes import open_pipes
+
+            self._cm = open_pipes()
+            self.pipes = self._cm.__enter__()
+        self.rank = rank
+
+    def log(self, message: str) -> None:
+        if self.rank != 0:
+            return
+        if self.pipes is not None:
+            self.pipes.log.info(message)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def report(self, metrics: Metrics) -> None:
+        if self.pipes is None:
+            return
+        self.pipes.report_asset_materialization(
+            metadata={
+                "test_accuracy": {"raw_value": metrics.test_accuracy, "type": "float"},
+                "test_loss": {"raw_value": metrics.test_loss, "type": "float"},
+                "epochs": {"raw_value": metrics.epochs, "type": "int"},
+                "workers": {"raw_value": metrics.workers, "type": "int"},
+                "samples_per_second": {"raw_value": metrics.samples_per_second, "type": "float"},
+                "train_rows": {"raw_value": metrics.train_rows, "type": "int"},
+                "training_seconds": {"raw_value": round(metrics.seconds, 2), "type": "float"},
+                "dataset_version": {"raw_value": metrics.dataset_version, "type": "text"},
+                "model_version": {"raw_value": metrics.model_version, "type": "text"},
+                "model_path": {"raw_value": metrics.model_path, "type": "path"},
+                "history": {"raw_value": _history_markdown(metrics.history), "type": "md"},
+            },
+            data_version=metrics.model_version,
+        )
+
+    def close(self, exc: BaseException | None = None) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+
+
+def _history_markdown(history: list[dict]) -> str:
+    rows = "".join(
+        f"| {h['epoch']} | {h['loss']:.4f} | {h['accuracy']:.4f} | {h['val_accuracy']:.4f} "
+        f"| {h['samples_per_second']:,.0f} |\n"
+        for h in history
+    )
+    return "| epoch | loss | accuracy | val accuracy | samples/s |\n|---|---|---|---|---|\n" + rows
+
+
+def _arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    from mlassets.training.model import to_features
+
+    pixels = pc.list_flatten(table["pixels"]).to_numpy(zero_copy_only=False)
+    return to_features(pixels), table["label"].to_numpy().astype(np.int32)
+
+
+def train(args: Args) -> Metrics | None:
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+
+    from mlassets.datasets import dataset_dir, read_split
+    from mlassets.resources.storage import LakeStorage
+    from mlassets.training.model import build_model
+
+    hvd.init()
+    rank, size = hvd.rank(), hvd.size()
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    tf.keras.utils.set_random_seed(args.seed)
+    reporter = Reporter(rank)
+    try:
+        lake = LakeStorage(
+            url=args.lake_url,
+            connection_string=os.environ.get("MLASSETS_STORAGE_CONNECTION_STRING"),
+        )
+        shards = lake.glob(f"{dataset_dir(args.dataset_version)}/split=train/part-*.parquet")
+        if not shards:
+            raise FileNotFoundError(f"no train split for dataset {args.dataset_version}")
+        if len(shards) >= size:
+            local = lake.read_parquet(shards[rank::size])
+        else:  # fewer shards than workers: every rank reads all, keeps every size-th row
+            everything = lake.read_parquet(shards)
+            local = everything.take(pa.array(np.arange(rank, everything.num_rows, size)))
+        x, y = _arrays(local)
+        val = read_split(lake, args.dataset_version, "validation")
+        x_val, y_val = _arrays(val.take(pa.array(np.arange(rank, val.num_rows, size))))
+
+        model = build_model(args.seed)
+        optimizer = tf.keras.optimizers.Adam(args.learning_rate * size)
+        loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+        @tf.function
+        def step(xb, yb, first: bool):
+            with tf.GradientTape() as tape:
+                logits = model(xb, training=True)
+                loss = loss_fn(yb, logits)
+            tape = hvd.DistributedGradientTape(tape)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            if first:  # after the first step, so the optimizer's slots exist too
+                hvd.broadcast_variables(model.variables, root_rank=0)
+                hvd.broadcast_variables(optimizer.variables(), root_rank=0)
+            correct = tf.reduce_sum(
+                tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), yb), tf.float32)
+            )
+            return loss, correct
+
+        # Equal step counts on every rank, or the allreduce of the longest one never returns.
+        local_steps = len(x) // args.batch_size
+        steps = int(hvd.allreduce(tf.constant(local_steps), op=hvd.Min).numpy())
+        train_rows = int(hvd.allreduce(tf.constant(len(x)), op=hvd.Sum).numpy())
+        if steps == 0:
+            raise ValueError(
+                f"rank {rank} has {len(x)} training rows, fewer than one batch of {args.batch_size}"
+            )
+        rng = np.random.default_rng(args.seed + rank)
+        history: list[dict] = []
+        started = time.perf_counter()
+        first = True
+        for epoch in range(1, args.epochs + 1):
+            t0 = time.perf_counter()
+            order = rng.permutation(len(x))
+            loss_sum, correct_sum = 0.0, 0.0
+            for s in range(steps):
+                idx = order[s * args.batch_size : (s + 1) * args.batch_size]
+                loss, correct = step(tf.constant(x[idx]), tf.constant(y[idx]), first)
+                first = False
+                loss_sum += float(loss)
+                correct_sum += float(correct)
+            val_correct = float(
+                tf.reduce_sum(
+                    tf.cast(
+                        tf.equal(
+                            tf.argmax(model(x_val, training=False), 1, output_type=tf.int32), y_val
+                        ),
+                        tf.float32,
+                    )
+                )
+            )
+            totals = hvd.allreduce(
+                tf.constant(
+                    [
+                        loss_sum,
+                        correct_sum,
+                        float(steps * args.batch_size),
+                        val_correct,
+                        float(len(x_val)),
+                    ],
+                    tf.float64,
+                ),
+                op=hvd.Sum,
+            ).numpy()
+            elapsed = time.perf_counter() - t0
+            record = {
+                "epoch": epoch,
+                "loss": totals[0] / (steps * size),
+                "accuracy": totals[1] / totals[2],
+                "val_accuracy": totals[3] / max(totals[4], 1.0),
+                "samples_per_second": totals[2] / elapsed,
+            }
+            history.append(record)
+            reporter.log(
+                f"epoch {epoch}/{args.epochs}: loss {record['loss']:.4f} accuracy "
+                f"{record['accuracy']:.4f} val_accuracy {record['val_accuracy']:.4f} "
+                f"samples/s {record['samples_per_second']:,.0f}"
+            )
+        seconds = time.perf_counter() - started
+
+        metrics = None
+        if rank == 0:
+            metrics = _finish(args, lake, model, loss_fn, history, seconds, size, train_rows)
+            reporter.log(
+                f"test accuracy {metrics.test_accuracy:.4f} (loss {metrics.test_loss:.4f}); "
+                f"model saved to {metrics.model_path}"
+            )
+            reporter.report(metrics)
+        hvd.join()
+        reporter.close()
+        return metrics
+    except BaseException as exc:
+        reporter.close(exc)
+        raise
+
+
+def _finish(args, lake, model, loss_fn, history, seconds, size, train_rows) -> Metrics:
+    """Rank 0: test-set evaluation, then the model and its metrics into the lake."""
+    from mlassets.datasets import read_split
+
+    x_test, y_test = _arrays(read_split(lake, args.dataset_version, "test"))
+    logits = model(x_test, training=False)
+    test_loss = float(loss_fn(y_test, logits))
+    test_accuracy = float(np.mean(np.argmax(logits.numpy(), 1) == y_test)) if len(y_test) else 0.0
+    model_dir = f"models/digit_classifier/{args.model_version}"
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "model.keras")
+        model.save(local)
+        lake.fs.put(local, lake.path(f"{model_dir}/model.keras"))
+    rate = float(np.mean([h["samples_per_second"] for h in history]))
+    metrics = Metrics(
+        dataset_version=args.dataset_version,
+        model_version=args.model_version,
+        model_path=lake.uri(f"{model_dir}/model.keras"),
+        workers=size,
+        epochs=args.epochs,
+        test_accuracy=test_accuracy,
+        test_loss=test_loss,
+        train_rows=train_rows,
+        samples_per_second=rate,
+        seconds=seconds,
+        history=history,
+    )
+    with lake.fs.open(lake.path(f"{model_dir}/metrics.json"), "w") as f:
+        json.dump({**asdict(metrics), "args": asdict(args)}, f, indent=2)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(parse_args(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()
