@@ -49,8 +49,19 @@ def run(events: int = EVENTS) -> list[Row]:
 
         base = events / best_of(ceiling)
         return [
-            Row(f"landing {events:,} events (hub -> Parquet)", events / best_of(landing), base,
-                "ev/s", 0.7),
-            Row(f"decode + write {events:,} events (in memory)", events / best_of(decode_and_write),
-                base, "ev/s", 0.7, note="excludes the hub read"),
+            Row(
+                f"landing {events:,} events (hub -> Parquet)",
+                events / best_of(landing),
+                base,
+                "ev/s",
+                0.7,
+            ),
+            Row(
+                f"decode + write {events:,} events (in memory)",
+                events / best_of(decode_and_write),
+                base,
+                "ev/s",
+                0.7,
+                note="excludes the hub read",
+            ),
         ]

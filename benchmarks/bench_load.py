@@ -20,6 +20,13 @@ def run(repeat: int = 5) -> list[Row]:
     dagster = best_of(lambda: _python("import dagster"), repeat)
     location = best_of(lambda: _python("import mlassets.definitions"), repeat)
     return [
-        Row("load mlassets.definitions", location * 1000, dagster * 1000, "ms", 1.5,
-            higher_is_better=False, note="baseline: import dagster"),
+        Row(
+            "load mlassets.definitions",
+            location * 1000,
+            dagster * 1000,
+            "ms",
+            1.5,
+            higher_is_better=False,
+            note="baseline: import dagster",
+        ),
     ]

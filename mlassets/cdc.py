@@ -347,7 +347,7 @@ def _write_rest(lake: LakeStorage, rng: LsnRange, changes: pa.Table) -> Batch:
 
 
 def collapse(changes: pa.Table, after_lsn: str | None = None) -> pa.Table:
-    """The last change per key after `after_lsn`, update before-images ignored, in LSN order.
+    """The last change per key after `after_lsn`, update before-images ignored.
 
     Vectorized: one filter, one sort, one group-by over row positions.
     """
@@ -371,7 +371,7 @@ def collapse(changes: pa.Table, after_lsn: str | None = None) -> pa.Table:
         "_pos", pa.array(np.arange(table.num_rows, dtype=np.int64))
     )
     last = table.group_by("sample_id").aggregate([("_pos", "max")])["_pos_max"]
-    return table.take(np.sort(last.to_numpy())).drop_columns(["_pos"])
+    return table.take(last).drop_columns(["_pos"])  # MERGE needs no order: none imposed
 
 
 def _in_change_order(table: pa.Table) -> bool:

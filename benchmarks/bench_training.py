@@ -1,0 +1,82 @@
+"""Horovod scaling: samples/s with 1 and 2 local Gloo workers (1 thread each), same data.
+
+Efficiency = samples/s(2) / (2 x samples/s(1)); target >= 0.9. The first epoch (graph
+tracing, variable broadcast) is left out of the rate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from benchmarks.common import Row
+from mlassets.datasets import build_dataset, write_dataset
+from mlassets.events import decode_events, raw_events_table
+from mlassets.resources.storage import LakeStorage
+from mlassets.resources.training import TRAINING_ENV, LocalHorovod, TrainingJob
+from mlassets.simulate import make_events
+
+EVENTS = 12_000
+EPOCHS = 5
+
+
+def _rate(lake: LakeStorage, version: str, workers: int, root: Path) -> float:
+    model = f"bench-{workers}"
+    job = TrainingJob(
+        module="mlassets.training.train",
+        args=[
+            "--lake-url",
+            lake.url,
+            "--dataset-version",
+            version,
+            "--model-version",
+            model,
+            "--epochs",
+            str(EPOCHS),
+            "--threads",
+            "1",
+        ],
+    )
+    env = {**os.environ, **TRAINING_ENV, "OMP_NUM_THREADS": "1"}
+    env.pop("DAGSTER_PIPES_CONTEXT", None)
+    subprocess.run(
+        LocalHorovod(workers=workers).command(job),
+        env=env,
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
+    metrics = json.loads(
+        (root / "lake" / "models" / "digit_classifier" / model / "metrics.json").read_text()
+    )
+    return float(np.mean([h["samples_per_second"] for h in metrics["history"][1:]]))
+
+
+def run() -> list[Row]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        events = make_events(EVENTS, seed=3)
+        raw = raw_events_table("0", [(i, i, 0, None, None, b) for i, b in enumerate(events.bodies)])
+        landed = decode_events(raw).landed
+        labels = pa.table({"sample_id": events.sample_ids, "label": events.labels})
+        lake = LakeStorage(url=f"file://{root}/lake")
+        dataset = build_dataset(landed, labels)
+        write_dataset(lake, dataset)
+        one = _rate(lake, dataset.version, 1, root)
+        two = _rate(lake, dataset.version, 2, root)
+        return [
+            Row(
+                "horovod 2 workers vs 2 x 1 worker",
+                two,
+                2 * one,
+                "sa/s",
+                0.9,
+                note=f"1 worker: {one:,.0f} samples/s; efficiency",
+            ),
+        ]
