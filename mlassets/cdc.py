@@ -31,6 +31,7 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -261,7 +262,10 @@ def capture_watermark(lake: LakeStorage) -> tuple[str | None, str]:
     """(last LSN captured, its source): the newer of the last batch and the labels table."""
     ranges = batch_ranges(lake)
     from_batches = max((r.last for r in ranges), default=None)
-    state = labels_state(lake)
+    try:
+        state = labels_state(lake)
+    except LabelsStateError:  # a table mlassets did not write says nothing about capture
+        state = None
     from_table = state.applied_lsn if state is not None else None
     if from_table is not None and (from_batches is None or from_table > from_batches):
         return from_table, "labels table"
@@ -349,29 +353,30 @@ def _write_rest(lake: LakeStorage, rng: LsnRange, changes: pa.Table) -> Batch:
 def collapse(changes: pa.Table, after_lsn: str | None = None) -> pa.Table:
     """The last change per key after `after_lsn`, update before-images ignored.
 
-    Vectorized: one filter, one sort, one group-by over row positions.
+    Vectorized: a sort only when the rows are not in change order already (captured batches
+    are), one mask, one group-by over the positions of the rows that count, and one take.
     """
-    mask = pc.not_equal(changes["operation"], OP_UPDATE_BEFORE)
-    if after_lsn is not None:
-        mask = pc.and_(mask, pc.greater(changes["start_lsn"], after_lsn))
-    table = changes.filter(mask)
-    if table.num_rows == 0:
-        return table
-    if not _in_change_order(table):
-        order = pc.sort_indices(
-            table,
-            sort_keys=[
-                ("start_lsn", "ascending"),
-                ("seqval", "ascending"),
-                ("operation", "ascending"),
-            ],
+    if not _in_change_order(changes):
+        changes = changes.take(
+            pc.sort_indices(
+                changes,
+                sort_keys=[
+                    ("start_lsn", "ascending"),
+                    ("seqval", "ascending"),
+                    ("operation", "ascending"),
+                ],
+            )
         )
-        table = table.take(order)
-    table = table.append_column(
-        "_pos", pa.array(np.arange(table.num_rows, dtype=np.int64))
-    )
-    last = table.group_by("sample_id").aggregate([("_pos", "max")])["_pos_max"]
-    return table.take(last).drop_columns(["_pos"])  # MERGE needs no order: none imposed
+    mask = pc.not_equal(changes["operation"], OP_UPDATE_BEFORE)
+    # In change order, every row is after `after_lsn` when the first one is.
+    if after_lsn is not None and changes.num_rows and changes["start_lsn"][0].as_py() <= after_lsn:
+        mask = pc.and_(mask, pc.greater(changes["start_lsn"], after_lsn))
+    positions = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
+    if positions.size == 0:
+        return changes.slice(0, 0)
+    keyed = pa.table({"sample_id": changes["sample_id"].take(positions), "_pos": positions})
+    last = keyed.group_by("sample_id").aggregate([("_pos", "max")])["_pos_max"]
+    return changes.take(last)  # MERGE needs no order: none imposed
 
 
 def _in_change_order(table: pa.Table) -> bool:
@@ -523,9 +528,13 @@ class LabelsSnapshot:
     lsn: str
     rows: int
     via: str
+    #: The Data Factory run that copied it (a PipelineRunResult), when one did.
+    run: Any = None
 
 
-def snapshot_labels(db: LabelsDatabase, lake: LakeStorage) -> LabelsSnapshot:
+def snapshot_labels(
+    db: LabelsDatabase, lake: LakeStorage, data_factory: Any = None, log: Any = None
+) -> LabelsSnapshot:
     """Copy `SELECT * FROM labels` into the lake as Parquet: the initial load's source.
 
     The seam for Azure Data Factory: when the Data Factory resource lands, this runs its
@@ -534,17 +543,34 @@ def snapshot_labels(db: LabelsDatabase, lake: LakeStorage) -> LabelsSnapshot:
     module docstring for why that is enough).
     """
     lsn = db.max_lsn() or ZERO_LSN
-    table = db.read_labels()
     path = f"{SNAPSHOT_PREFIX}/lsn={lsn}.parquet"
-    lake.write_parquet(path, table)
-    return LabelsSnapshot(path=path, lsn=lsn, rows=table.num_rows, via="sqlalchemy")
+    if data_factory is None:
+        table = db.read_labels()
+        lake.write_parquet(path, table)
+        return LabelsSnapshot(path=path, lsn=lsn, rows=table.num_rows, via="sqlalchemy")
+    # Data Factory's `snapshot_labels` pipeline (the local engine or a real factory) copies
+    # the table; a failed, cancelled or timed-out run raises with its run id.
+    folder, _, file_name = path.rpartition("/")
+    run = data_factory.run_pipeline(
+        "snapshot_labels",
+        {
+            "sourceSchema": getattr(db, "schema_name", "dbo"),
+            "sourceTable": "labels",
+            "targetFolder": folder,
+            "targetFile": file_name,
+        },
+        log=log,
+    )
+    rows = lake.read_parquet(path, columns=["sample_id"]).num_rows
+    via = f"Data Factory pipeline snapshot_labels ({run.engine}) run {run.run_id}"
+    return LabelsSnapshot(path=path, lsn=lsn, rows=rows, via=via, run=run)
 
 
 def load_snapshot(lake: LakeStorage, snapshot: LabelsSnapshot, *, replace: bool = False) -> int:
     """Write the snapshot as curated/labels (a new version when `replace`); returns the version."""
     from deltalake import CommitProperties
 
-    table = lake.read_parquet(snapshot.path).cast(LABEL_SCHEMA)
+    table = lake.read_parquet(snapshot.path, columns=list(LABEL_COLUMNS)).cast(LABEL_SCHEMA)
     table = table.take(pc.sort_indices(table["sample_id"]))
     lake.write_delta(
         LABELS_PATH,

@@ -118,6 +118,21 @@ def build_dataset(events: pa.Table, labels: pa.Table) -> Dataset:
     return Dataset(table=table, version=content_version(table))
 
 
+def pixel_histogram(pixels: pa.Array | pa.ChunkedArray) -> list[float]:
+    """Share of pixel values 0..16 over all pixels: the distribution drift is measured on."""
+    flat = pc.list_flatten(pixels).to_numpy(zero_copy_only=False) if len(pixels) else np.zeros(0)
+    counts = np.bincount(flat.astype(np.int64), minlength=17)[:17].astype(np.float64)
+    return (counts / counts.sum()).tolist() if counts.sum() else [0.0] * 17
+
+
+def population_stability_index(expected: list[float], actual: list[float]) -> float:
+    """PSI = sum((a - e) * ln(a / e)); 0.1 is a shift worth watching, 0.2 a real one."""
+    e = np.clip(np.asarray(expected, np.float64), 1e-4, None)
+    a = np.clip(np.asarray(actual, np.float64), 1e-4, None)
+    e, a = e / e.sum(), a / a.sum()
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
 def content_version(table: pa.Table) -> str:
     """A hash of the rows (in their sorted order): equal content, equal version."""
     digest = hashlib.sha256()

@@ -13,8 +13,10 @@ from typing import Any
 import dagster as dg
 
 from mlassets import settings
+from mlassets.resources.datafactory import AzureDataFactory, LocalDataFactory
 from mlassets.resources.eventhub import AzureEventHub, EmbeddedEventHub
 from mlassets.resources.labels_db import AzureSqlLabelsDatabase, labels_database_class
+from mlassets.resources.servicebus import AzureServiceBusQueue, EmbeddedQueue
 from mlassets.resources.storage import LakeStorage
 from mlassets.resources.training import LocalHorovod
 
@@ -38,7 +40,33 @@ def local_resources() -> dict[str, Any]:
             workers=int(settings.get("MLASSETS_TRAINING_WORKERS") or 2),
             threads_per_worker=int(settings.get("MLASSETS_TRAINING_THREADS") or 1),
         ),
+        "message_queue": _local_queue(),
+        "data_factory": _local_data_factory(),
     }
+
+
+def _local_data_factory() -> LocalDataFactory:
+    """The embedded copy engine: the pipelines of adf/ on the lake and the labels database."""
+    return LocalDataFactory(
+        lake_url=settings.lake_url(),
+        sql_url=_env("MLASSETS_LABELS_DB_URL") or settings.labels_db_url(),
+        runs_dir=str(settings.data_dir() / "adf" / "runs"),
+        default_timeout_seconds=_adf_timeout(),
+    )
+
+
+def _adf_timeout() -> float:
+    return float(settings.get("MLASSETS_ADF_TIMEOUT_SECONDS") or 3600)
+
+
+def _local_queue() -> EmbeddedQueue:
+    name = settings.get("MLASSETS_SERVICEBUS_QUEUE") or "mlassets-commands"
+    return EmbeddedQueue(
+        path=str(settings.data_dir() / "servicebus" / f"{name.replace('/', '_')}.db"),
+        name=name,
+        lock_duration_seconds=float(settings.get("MLASSETS_SERVICEBUS_LOCK_SECONDS") or 60),
+        max_delivery_count=int(settings.get("MLASSETS_SERVICEBUS_MAX_DELIVERY_COUNT") or 10),
+    )
 
 
 def _local_labels_db() -> dg.ConfigurableResource:
@@ -50,6 +78,9 @@ def _local_labels_db() -> dg.ConfigurableResource:
 
 
 def azure_resources() -> dict[str, Any]:
+    # Imported here: azure-batch is only needed when the deployment is Azure.
+    from mlassets.resources.azure_batch import azure_batch_horovod_from_settings
+
     settings.require_azure_settings()
     return {
         "lake": LakeStorage(
@@ -65,6 +96,21 @@ def azure_resources() -> dict[str, Any]:
         "labels_db": AzureSqlLabelsDatabase(
             url=dg.EnvVar("MLASSETS_LABELS_DB_URL"),
             capture_instance=settings.get("MLASSETS_LABELS_CAPTURE_INSTANCE") or "dbo_labels",
+        ),
+        "message_queue": AzureServiceBusQueue(
+            queue=settings.get("MLASSETS_SERVICEBUS_QUEUE") or "mlassets-commands",
+            fully_qualified_namespace=_env("MLASSETS_SERVICEBUS_NAMESPACE"),
+            connection_string=_env("MLASSETS_SERVICEBUS_CONNECTION_STRING"),
+        ),
+        "training_compute": azure_batch_horovod_from_settings(),
+        "data_factory": AzureDataFactory(
+            subscription_id=dg.EnvVar("MLASSETS_ADF_SUBSCRIPTION_ID"),
+            resource_group=dg.EnvVar("MLASSETS_ADF_RESOURCE_GROUP"),
+            factory_name=dg.EnvVar("MLASSETS_ADF_FACTORY_NAME"),
+            lake_url=dg.EnvVar("MLASSETS_LAKE_URL"),
+            sql_url=_env("MLASSETS_LABELS_DB_URL"),
+            arm_endpoint=settings.get("MLASSETS_ADF_ARM_ENDPOINT") or "https://management.azure.com",
+            default_timeout_seconds=_adf_timeout(),
         ),
     }
 

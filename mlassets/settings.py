@@ -97,6 +97,141 @@ SETTINGS: tuple[Setting, ...] = (
         "test accuracy a model needs to pass its blocking check (and ever score)",
         "0.90",
     ),
+    Setting(
+        "MLASSETS_RETRAIN_NEW_LABELS",
+        "retrain when the labels table grew by this share since the model's dataset",
+        "0.10",
+    ),
+    Setting(
+        "MLASSETS_RETRAIN_CORRECTIONS",
+        "retrain after this many label corrections (CDC updates) since the model's dataset",
+        "50",
+    ),
+    Setting(
+        "MLASSETS_RETRAIN_PSI",
+        "retrain when new pixels drift by this population stability index",
+        "0.2",
+    ),
+    Setting(
+        "MLASSETS_RETRAIN_COOLDOWN_MINUTES",
+        "least time between two trainings the retraining sensor starts",
+        "30",
+    ),
+    Setting(
+        "MLASSETS_SERVICEBUS_NAMESPACE",
+        "Service Bus namespace host, e.g. `myns.servicebus.windows.net` (DefaultAzureCredential)",
+        scope="azure",
+    ),
+    Setting(
+        "MLASSETS_SERVICEBUS_CONNECTION_STRING",
+        "Service Bus connection string; instead of the namespace + credential",
+        secret=True,
+        scope="azure",
+    ),
+    Setting(
+        "MLASSETS_SERVICEBUS_QUEUE",
+        "the queue that carries commands and Event Grid blob notifications",
+        "mlassets-commands",
+    ),
+    Setting(
+        "MLASSETS_SERVICEBUS_LOCK_SECONDS",
+        "peek-lock duration of the embedded queue (on Azure: a property of the queue)",
+        "60",
+        scope="local",
+    ),
+    Setting(
+        "MLASSETS_SERVICEBUS_MAX_DELIVERY_COUNT",
+        "deliveries after which the embedded queue dead-letters a message (on Azure: a "
+        "property of the queue)",
+        "10",
+        scope="local",
+    ),
+    Setting(
+        "MLASSETS_BATCH_ACCOUNT_URL",
+        "Azure Batch account endpoint for training, `https://<account>.<region>.batch.azure.com`",
+        scope="azure",
+    ),
+    Setting(
+        "MLASSETS_BATCH_ACCOUNT_KEY",
+        "Batch account shared key; unset: DefaultAzureCredential (Microsoft Entra ID)",
+        secret=True,
+        scope="azure",
+    ),
+    Setting(
+        "MLASSETS_BATCH_POOL_ID",
+        "GPU pool the training task runs on (created when missing, see Azure Batch in the README)",
+        "mlassets-gpu",
+        scope="azure",
+    ),
+    Setting(
+        "MLASSETS_BATCH_VM_SIZE", "GPU VM size of the pool", "Standard_NC4as_T4_v3", scope="azure"
+    ),
+    Setting(
+        "MLASSETS_BATCH_NODES",
+        "nodes of the multi-instance training task (and of a pool created for it)",
+        "2",
+        scope="azure",
+    ),
+    Setting(
+        "MLASSETS_BATCH_GPUS_PER_NODE",
+        "GPUs per node, one Horovod worker each (workers = nodes x GPUs)",
+        "1",
+        scope="azure",
+    ),
+    Setting(
+        "MLASSETS_BATCH_CONTAINER_IMAGE",
+        "training image on the nodes: TensorFlow, Horovod, openssh-server and mlassets",
+        scope="azure",
+    ),
+    Setting(
+        "MLASSETS_BATCH_IDENTITY_RESOURCE_ID",
+        "ARM id of the pool's user-assigned managed identity, when it has several",
+        scope="azure",
+    ),
+    Setting(
+        "MLASSETS_PIPES_STORAGE_ACCOUNT_URL",
+        "blob endpoint for Pipes messages, SSH keys and outputs of Batch tasks, "
+        "`https://<account>.blob.core.windows.net` (nodes use the pool's managed identity)",
+        scope="azure",
+    ),
+    Setting(
+        "MLASSETS_PIPES_CONTAINER",
+        "blob container for Pipes messages, SSH keys and outputs of Batch tasks",
+        "mlassets-batch",
+        scope="azure",
+    ),
+    Setting(
+        "MLASSETS_PIPES_STORAGE_CONNECTION_STRING",
+        "Pipes storage connection string (Azurite, dev) for Dagster's side; never sent to "
+        "Batch nodes; unset: DefaultAzureCredential",
+        secret=True,
+        scope="azure",
+    ),
+    Setting(
+        "MLASSETS_ADF_SUBSCRIPTION_ID",
+        "subscription of the Azure Data Factory that runs the pipelines of `adf/`",
+        scope="azure",
+    ),
+    Setting(
+        "MLASSETS_ADF_RESOURCE_GROUP", "resource group of the Azure Data Factory", scope="azure"
+    ),
+    Setting(
+        "MLASSETS_ADF_FACTORY_NAME",
+        "the Azure Data Factory (its managed identity needs access to the lake and the "
+        "labels database, see Data Factory in the README)",
+        scope="azure",
+    ),
+    Setting(
+        "MLASSETS_ADF_ARM_ENDPOINT",
+        "Azure Resource Manager endpoint the factory is managed through (sovereign clouds)",
+        "https://management.azure.com",
+        scope="azure",
+    ),
+    Setting(
+        "MLASSETS_ADF_TIMEOUT_SECONDS",
+        "how long a Data Factory pipeline run may take before it is cancelled",
+        "3600",
+    ),
     Setting("DAGSTER_HOME", "Dagster instance folder (the Makefile sets `<project>/dagster_home`)"),
 )
 
@@ -106,6 +241,10 @@ AZURE_REQUIRED: tuple[str | tuple[str, ...], ...] = (
     "MLASSETS_EVENTHUB_NAME",
     ("MLASSETS_EVENTHUB_CONNECTION_STRING", "MLASSETS_EVENTHUB_NAMESPACE"),
     "MLASSETS_LABELS_DB_URL",
+    ("MLASSETS_SERVICEBUS_CONNECTION_STRING", "MLASSETS_SERVICEBUS_NAMESPACE"),
+    "MLASSETS_ADF_SUBSCRIPTION_ID",
+    "MLASSETS_ADF_RESOURCE_GROUP",
+    "MLASSETS_ADF_FACTORY_NAME",
 )
 
 

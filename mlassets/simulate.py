@@ -47,14 +47,12 @@ def make_events(count: int, malformed: int = 0, seed: int | None = None) -> Simu
     rng = np.random.default_rng(seed)
     images, targets = _digits()
     pick = rng.integers(0, len(images), size=count)
-    # Scanners are noisy: jitter each pixel by -1..1 so repeated images differ.
-    pixels = np.clip(images[pick] + rng.integers(-1, 2, size=(count, 64)), 0, 16)
+    # Scanners are imperfect: a digit may sit one pixel off centre and every pixel is jittered
+    # by -1..1, so the 1,797 source images never repeat exactly across splits.
+    pixels = np.clip(_shift(images[pick], rng) + rng.integers(-1, 2, size=(count, 64)), 0, 16)
     labels = targets[pick].astype(np.int64)
-    batch = (
-        uuid.UUID(int=int(rng.integers(0, 2**62))).hex[:8]
-        if seed is not None
-        else uuid.uuid4().hex[:8]
-    )
+    # A batch prefix keeps sample ids unique across calls (and repeatable with a seed).
+    batch = f"{int(rng.integers(0, 2**32)):08x}" if seed is not None else uuid.uuid4().hex[:8]
     sample_ids = [f"{batch}-{i:07d}" for i in range(count)]
     sources = rng.choice(len(SOURCES), size=count)
     now = datetime.now(UTC)
@@ -86,6 +84,25 @@ def make_events(count: int, malformed: int = 0, seed: int | None = None) -> Simu
         labels=labels,
         malformed={k: v for k, v in kinds.items() if v},
     )
+
+
+def _shift(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Move each 8x8 image by -1..1 pixels in y and x (zero fill), one pass per offset."""
+    grid = images.reshape(-1, 8, 8)
+    out = np.zeros_like(grid)
+    dy, dx = rng.integers(-1, 2, size=(2, len(grid)))
+
+    def span(d: int) -> tuple[slice, slice]:  # (source, destination) along one axis
+        return slice(max(0, -d), 8 - max(0, d)), slice(max(0, d), 8 - max(0, -d))
+
+    for y in (-1, 0, 1):
+        for x in (-1, 0, 1):
+            rows = (dy == y) & (dx == x)
+            (ys, yd), (xs, xd) = span(y), span(x)
+            moved = np.zeros_like(grid[rows])
+            moved[:, yd, xd] = grid[rows][:, ys, xs]
+            out[rows] = moved
+    return out.reshape(-1, 64)
 
 
 def _break(event: dict, kind: str) -> bytes:

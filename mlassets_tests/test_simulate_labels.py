@@ -22,7 +22,10 @@ def db(data_dir):
 
 def truth(data_dir):
     return dict(
-        zip(*pq.read_table(data_dir / "simulated" / "truth.parquet").to_pydict().values(), strict=True)
+        zip(
+            *pq.read_table(data_dir / "simulated" / "truth.parquet").to_pydict().values(),
+            strict=True,
+        )
     )
 
 
@@ -93,9 +96,20 @@ def test_without_published_events_it_says_what_to_run_first(db, data_dir):
 def test_the_cli_command_reports_the_round(data_dir):
     record_truth(data_dir, make_events(100, seed=7))
     result = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "mlassets"), "simulate", "labels",
-         "--invalid", "1", "--seed", "3"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, env=dict(os.environ),
+        [
+            os.path.join(os.path.dirname(sys.executable), "mlassets"),
+            "simulate",
+            "labels",
+            "--invalid",
+            "1",
+            "--seed",
+            "3",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
     )
     assert result.returncode == 0, result.stderr
     assert "1 invalid" in result.stdout and "unlabeled for inference" in result.stdout

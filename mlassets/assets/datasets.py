@@ -12,6 +12,7 @@ from mlassets.datasets import (
     SPLITS,
     build_dataset,
     dataset_dir,
+    pixel_histogram,
     read_split,
     write_dataset,
 )
@@ -72,6 +73,10 @@ def training_dataset(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg
             "landed_events_read": dg.MetadataValue.int(events.num_rows),
             "labels_read": dg.MetadataValue.int(current.num_rows),
             "files": dg.MetadataValue.json(written),
+            # The reference distribution for the retraining sensor's drift policy.
+            "pixel_histogram": dg.MetadataValue.json(
+                [round(x, 6) for x in pixel_histogram(dataset.split("train")["pixels"])]
+            ),
         },
     )
 

@@ -33,6 +33,7 @@ the pool's user-assigned managed identity (which must be able to read and write 
 """
 
 import contextlib
+import os
 import re
 import shlex
 import time
@@ -356,7 +357,8 @@ class PipesAzureBatchClient(PipesClient, TreatAsResourceParam):
         poll_interval_seconds (float): between two looks at the task (and its output files).
         forward_termination (bool): terminate the Batch job when the Dagster run is terminated.
         termination_timeout_seconds (float): how long to wait for the job to finish terminating.
-        task_timeout (timedelta): the task's max wall clock time.
+        task_timeout (timedelta): the task's max wall clock time, from its start.
+        queue_timeout (timedelta): how much longer the job may live, waiting for nodes.
     """
 
     def __init__(
@@ -371,6 +373,7 @@ class PipesAzureBatchClient(PipesClient, TreatAsResourceParam):
         forward_termination: bool = True,
         termination_timeout_seconds: float = 120,
         task_timeout: timedelta = timedelta(hours=4),
+        queue_timeout: timedelta = timedelta(hours=2),
     ):
         self.client = client
         self.pool = check.inst_param(pool, "pool", BatchPoolSpec)
@@ -390,6 +393,7 @@ class PipesAzureBatchClient(PipesClient, TreatAsResourceParam):
         self.forward_termination = check.bool_param(forward_termination, "forward_termination")
         self.termination_timeout_seconds = termination_timeout_seconds
         self.task_timeout = task_timeout
+        self.queue_timeout = queue_timeout
 
     @classmethod
     def _is_dagster_maintained(cls) -> bool:
@@ -529,6 +533,11 @@ class PipesAzureBatchClient(PipesClient, TreatAsResourceParam):
             id=job_id,
             display_name=f"Dagster run {context.run_id}",
             pool_info=bm.BatchPoolInfo(pool_id=self.pool.pool_id),
+            # A safety net for a task that never gets nodes (its own limit counts from its
+            # start): Batch terminates the job, and the task with it.
+            constraints=bm.BatchJobConstraints(
+                max_wall_clock_time=self.task_timeout + self.queue_timeout
+            ),
             job_preparation_task=bm.BatchJobPreparationTask(
                 command_line=bash(job_preparation_script(self.pool)),
                 user_identity=_ADMIN,
@@ -663,12 +672,34 @@ class PipesAzureBatchClient(PipesClient, TreatAsResourceParam):
                 return task
             if state == "running":
                 forwarder.poll()
+            else:  # waiting for nodes: a job that ended meanwhile never runs the task
+                self._check_job_still_active(job_id, task_id)
             self._sleep(self.poll_interval_seconds)
 
-    def _terminate_job(self, context, job_id: str, wait: bool) -> None:
+    def _check_job_still_active(self, job_id: str, task_id: str) -> None:
+        job = self.client.get_job(job_id)
+        state = _v(job.state)
+        if state in ("terminating", "completed", "deleting", "disabled"):
+            info = job.execution_info
+            reason = (info.termination_reason if info else None) or "no reason given"
+            raise PipesAzureBatchTaskError(
+                job_id=job_id,
+                task_id=task_id,
+                exit_code=None,
+                stderr_tail="",
+                failure=f"the job is {state} ({reason}) and the task never started",
+            )
+
+    def _terminate_job(self, context, job_id: str, reason: str, wait: bool) -> None:
+        """Terminate the job: Batch stops its running task on every node and runs the job
+        release task there. Never raises: the caller has a more important outcome to report."""
         try:
             poller = self.client.begin_terminate_job(
-                job_id, polling_interval=max(1, int(self.poll_interval_seconds))
+                job_id,
+                # The request body (BatchJobTerminateOptions is not exported by 15.1, whose
+                # terminate call also fails without a body).
+                {"terminateReason": reason},
+                polling_interval=max(1, int(self.poll_interval_seconds)),
             )
             if wait:
                 poller.result(timeout=self.termination_timeout_seconds)
@@ -677,9 +708,11 @@ class PipesAzureBatchClient(PipesClient, TreatAsResourceParam):
                         f"[pipes] Azure Batch job {job_id} still terminating after "
                         f"{self.termination_timeout_seconds}s"
                     )
+                else:
+                    context.log.info(f"[pipes] Azure Batch job {job_id} terminated")
         except ResourceNotFoundError:
             pass
-        except HttpResponseError as e:
+        except Exception as e:
             context.log.warning(f"[pipes] could not terminate Azure Batch job {job_id}: {e}")
 
     @staticmethod
@@ -718,16 +751,23 @@ class PipesAzureBatchClient(PipesClient, TreatAsResourceParam):
         job_id = self.job_id_for(context)
         task_id = batch_id(f"train-{uuid.uuid4().hex[:12]}")
         self.ensure_job(context, job_id)
-        with open_pipes_session(
-            context=context,
-            extras=extras,
-            context_injector=self.context_injector,
-            message_reader=self.message_reader,
-        ) as session:
-            env = self.task_environment(task, session.get_bootstrap_env_vars(), identity)
-            with self._staged_ssh_key(job_id, task_id) as key_blobs:
-                forwarder = _TaskOutputForwarder(self.client, job_id, task_id, context.log)
-                try:
+        terminated = False
+
+        def terminate(reason: str, wait: bool) -> None:
+            nonlocal terminated
+            if not terminated:
+                terminated = True
+                self._terminate_job(context, job_id, reason, wait)
+
+        try:
+            with open_pipes_session(
+                context=context,
+                extras=extras,
+                context_injector=self.context_injector,
+                message_reader=self.message_reader,
+            ) as session:
+                env = self.task_environment(task, session.get_bootstrap_env_vars(), identity)
+                with self._staged_ssh_key(job_id, task_id) as key_blobs:
                     self.client.create_task(
                         job_id,
                         self.task_create_options(task_id, task, env, key_blobs, identity, job_id),
@@ -736,25 +776,34 @@ class PipesAzureBatchClient(PipesClient, TreatAsResourceParam):
                         f"[pipes] submitted Azure Batch task {job_id}/{task_id}: "
                         f"{self.pool.nodes} nodes, horovodrun -np {task.workers}"
                     )
-                    batch_task = self._wait_for_task(context, job_id, task_id, forwarder)
-                except DagsterExecutionInterruptedError:
-                    if self.forward_termination:
-                        context.log.info(
-                            f"[pipes] execution interrupted, terminating Azure Batch job {job_id}"
-                        )
-                        self._terminate_job(context, job_id, wait=True)
-                    raise
-                except BaseException:
-                    self._terminate_job(context, job_id, wait=False)
-                    raise
-                # The job holds one task: terminating it runs the release task on every node.
-                self._terminate_job(context, job_id, wait=False)
-                self._raise_on_failure(
-                    job_id,
-                    task_id,
-                    batch_task,
-                    forwarder.stderr_tail.decode("utf-8", errors="replace"),
-                )
+                    forwarder = _TaskOutputForwarder(self.client, job_id, task_id, context.log)
+                    try:
+                        batch_task = self._wait_for_task(context, job_id, task_id, forwarder)
+                    except DagsterExecutionInterruptedError:
+                        # Right away, before the Pipes session winds down.
+                        if self.forward_termination:
+                            context.log.info(
+                                "[pipes] execution interrupted, terminating Azure Batch job "
+                                f"{job_id}"
+                            )
+                            terminate("DagsterRunTerminated", wait=True)
+                        raise
+                    # The job holds one task: terminating it runs the release task (which
+                    # removes the task's containers) on every node.
+                    terminate("TaskCompleted", wait=False)
+                    self._raise_on_failure(
+                        job_id,
+                        task_id,
+                        batch_task,
+                        forwarder.stderr_tail.decode("utf-8", errors="replace"),
+                    )
+        except DagsterExecutionInterruptedError:
+            if self.forward_termination:
+                terminate("DagsterRunTerminated", wait=True)
+            raise
+        except BaseException:
+            terminate("DagsterStepFailed", wait=False)  # e.g. the task could not be added
+            raise
         metadata: dict[str, Any] = {
             "azure_batch_job_id": job_id,
             "azure_batch_task_id": task_id,
@@ -843,8 +892,8 @@ class AzureBatchHorovod(TrainingCompute):
         if self.batch_account_key:
             from azure.core.credentials import AzureNamedKeyCredential
 
-            name = self.batch_account_name or (urlparse(self.batch_account_url).hostname or "")
-            name = name.split(".")[0] if not self.batch_account_name else name
+            host = urlparse(self.batch_account_url).hostname or ""
+            name = self.batch_account_name or host.split(".")[0]
             credential = AzureNamedKeyCredential(name, self.batch_account_key)
         else:
             credential = self._default_credential()
@@ -901,7 +950,6 @@ class AzureBatchHorovod(TrainingCompute):
 def azure_batch_horovod_from_settings() -> AzureBatchHorovod:
     """The resource as MLASSETS_BATCH_* / MLASSETS_PIPES_* configure it (for deployment.py):
     secrets as EnvVars (resolved at run time, never shown), the rest as plain values."""
-    import os
 
     def env(name: str) -> dg.EnvVar | None:
         return dg.EnvVar(name) if os.environ.get(name) else None

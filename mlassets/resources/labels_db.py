@@ -264,10 +264,14 @@ class LabelsDatabase(dg.ConfigurableResource, ABC):
         if table.num_rows == 0:
             return 0
         self._prepare()
-        rows = table.select(list(columns)).to_pylist()
-        for row in rows:  # drivers want naive UTC datetimes
-            if isinstance(ts := row.get("updated_at"), datetime):
-                row["updated_at"] = ts.astimezone(UTC).replace(tzinfo=None)
+        table = table.select(list(columns))
+        if "updated_at" in table.column_names:  # drivers want naive UTC datetimes
+            utc = table["updated_at"].cast(pa.timestamp("us", tz="UTC"))
+            table = table.set_column(
+                table.schema.get_field_index("updated_at"), "updated_at",
+                utc.cast(pa.timestamp("us")),
+            )
+        rows = table.to_pylist()
         with self.engine.begin() as conn:
             for start in range(0, len(rows), self.fetch_rows):
                 conn.execute(sa.text(sql), rows[start : start + self.fetch_rows])

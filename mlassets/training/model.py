@@ -26,8 +26,12 @@ def build_model(seed: int) -> keras.Model:
             keras.layers.Conv2D(32, 3, padding="same", activation="relu", kernel_initializer=init),
             keras.layers.Conv2D(32, 3, padding="same", activation="relu", kernel_initializer=init),
             keras.layers.MaxPooling2D(2),
+            keras.layers.Dropout(0.25, seed=seed),
             keras.layers.Flatten(),
-            keras.layers.Dense(64, activation="relu", kernel_initializer=init),
+            keras.layers.Dense(128, activation="relu", kernel_initializer=init),
+            # Labels are noisy (people make mistakes): dropout keeps the model from
+            # memorizing the wrong ones.
+            keras.layers.Dropout(0.4, seed=seed),
             keras.layers.Dense(10, kernel_initializer=init),  # logits
         ],
         name="digit_classifier",

@@ -139,6 +139,10 @@ def train(args: Args) -> Metrics | None:
 
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
+    # One GPU per rank on multi-GPU nodes (Azure Batch); on CPU this finds none.
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        tf.config.set_visible_devices(gpus[hvd.local_rank() % len(gpus)], "GPU")
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     tf.keras.utils.set_random_seed(args.seed)

@@ -45,7 +45,11 @@ def materialize(resources, instance, selection=(cdc_deltas, labels), run_config=
 
 
 def metadata(result, node):
-    return {k: v.value for m in result.asset_materializations_for_node(node) for k, v in m.metadata.items()}
+    return {
+        k: v.value
+        for m in result.asset_materializations_for_node(node)
+        for k, v in m.metadata.items()
+    }
 
 
 def checks(result):
@@ -88,8 +92,13 @@ def test_the_labels_table_equals_the_source_after_each_sync_and_an_idle_sync_wri
 ):
     """The issue's must-show, with the commands a user types."""
     materialize_cmd = (
-        f"{BIN}/dagster", "asset", "materialize", "-m", "mlassets.definitions",
-        "--select", "cdc_deltas,labels",
+        f"{BIN}/dagster",
+        "asset",
+        "materialize",
+        "-m",
+        "mlassets.definitions",
+        "--select",
+        "cdc_deltas,labels",
     )
     cli(f"{BIN}/mlassets", "simulate", "events", "--count", "3000", "--seed", "11")
     out = cli(f"{BIN}/mlassets", "simulate", "labels", "--seed", "1")
@@ -165,7 +174,9 @@ def test_invalid_labels_fail_the_domain_check_listing_the_offending_keys(
     assert not domain.passed
     assert domain.metadata["invalid_rows"].value == 2
     assert domain.metadata["offending_sample_ids"].value == ["bad-11", "bad-null"]
-    listed = {r.data["sample_id"]: r.data["label"] for r in domain.metadata["offending_keys"].records}
+    listed = {
+        r.data["sample_id"]: r.data["label"] for r in domain.metadata["offending_keys"].records
+    }
     assert listed == {"bad-11": "11", "bad-null": "NULL"}
     assert "bad-11 (11)" in domain.description and "bad-null (NULL)" in domain.description
     # Mirroring the source is still right: the table holds what the source holds.
@@ -173,7 +184,15 @@ def test_invalid_labels_fail_the_domain_check_listing_the_offending_keys(
         ["ok-1", "bad-11", "bad-null", "ok-2"]
     )
 
-    db.update_labels(pa.table({"sample_id": ["bad-11", "bad-null"], "label": pa.array([1, 2], pa.int32()), "labeler": ["r", "r"]}))
+    db.update_labels(
+        pa.table(
+            {
+                "sample_id": ["bad-11", "bad-null"],
+                "label": pa.array([1, 2], pa.int32()),
+                "labeler": ["r", "r"],
+            }
+        )
+    )
     assert checks(materialize(resources, instance))["label_domain"].passed
 
 
@@ -186,7 +205,9 @@ def test_the_simulator_can_inject_invalid_rows_for_the_check(resources, instance
 
 def test_duplicate_keys_fail_the_unique_keys_check(resources, instance):
     resources["labels_db"].insert_labels(
-        pa.table({"sample_id": ["a", "b"], "label": pa.array([1, 2], pa.int32()), "labeler": ["x", "x"]})
+        pa.table(
+            {"sample_id": ["a", "b"], "label": pa.array([1, 2], pa.int32()), "labeler": ["x", "x"]}
+        )
     )
     materialize(resources, instance)
     lake = resources["lake"]
@@ -202,10 +223,14 @@ def test_a_gap_between_batches_fails_the_contiguity_check_and_the_apply(
     resources, instance, data_dir
 ):
     db, lake = resources["labels_db"], resources["lake"]
-    db.insert_labels(pa.table({"sample_id": ["a"], "label": pa.array([1], pa.int32()), "labeler": ["x"]}))
+    db.insert_labels(
+        pa.table({"sample_id": ["a"], "label": pa.array([1], pa.int32()), "labeler": ["x"]})
+    )
     materialize(resources, instance)
     for key in ("b", "c"):
-        db.insert_labels(pa.table({"sample_id": [key], "label": pa.array([2], pa.int32()), "labeler": ["x"]}))
+        db.insert_labels(
+            pa.table({"sample_id": [key], "label": pa.array([2], pa.int32()), "labeler": ["x"]})
+        )
         materialize(resources, instance, selection=[cdc_deltas])
     missing = cdc.batch_ranges(lake)[1]
     lake.delete(missing.path)
@@ -219,20 +244,32 @@ def test_a_gap_between_batches_fails_the_contiguity_check_and_the_apply(
 
 
 def test_expired_retention_fails_clearly_and_a_resnapshot_recovers(resources, instance):
-    db, lake = resources["labels_db"], resources["lake"]
-    db.insert_labels(pa.table({"sample_id": ["a", "b"], "label": pa.array([1, 2], pa.int32()), "labeler": ["x", "x"]}))
+    db = resources["labels_db"]
+    db.insert_labels(
+        pa.table(
+            {"sample_id": ["a", "b"], "label": pa.array([1, 2], pa.int32()), "labeler": ["x", "x"]}
+        )
+    )
     materialize(resources, instance)
-    db.update_labels(pa.table({"sample_id": ["a"], "label": pa.array([5], pa.int32()), "labeler": ["y"]}))
-    db.insert_labels(pa.table({"sample_id": ["c"], "label": pa.array([3], pa.int32()), "labeler": ["y"]}))
+    db.update_labels(
+        pa.table({"sample_id": ["a"], "label": pa.array([5], pa.int32()), "labeler": ["y"]})
+    )
+    db.insert_labels(
+        pa.table({"sample_id": ["c"], "label": pa.array([3], pa.int32()), "labeler": ["y"]})
+    )
     db.cleanup_changes(db.max_lsn())  # the update to "a" is gone from the source's CDC
     failed = materialize(resources, instance, ok=False)
     assert not failed.success
     failure = next(e for e in failed.all_events if e.is_step_failure)
-    message = failure.step_failure_data.error.message + str(failure.step_failure_data.user_failure_data)
+    message = failure.step_failure_data.error.message + str(
+        failure.step_failure_data.user_failure_data
+    )
     assert "retention expired" in message and "resnapshot" in message
 
     resnap = materialize(
-        resources, instance, selection=[labels],
+        resources,
+        instance,
+        selection=[labels],
         run_config={"ops": {"labels": {"config": {"resnapshot": True}}}},
     )
     assert metadata(resnap, "labels")["delta_version"] == 1

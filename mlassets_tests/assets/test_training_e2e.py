@@ -30,12 +30,13 @@ def trained(tmp_path_factory):
 
 def _train(instance):
     resources = local_resources()
-    events = make_events(4000, seed=11)
+    events = make_events(6000, seed=11)
     resources["event_hub"].publish(events.bodies, events.partition_keys)
     record_truth(settings.data_dir(), events)
     db = resources["labels_db"]
     db.ensure_schema()
-    simulate_labels(db, settings.data_dir(), seed=11)
+    simulate_labels(db, settings.data_dir(), seed=11)  # ~5% of the labels are wrong...
+    simulate_labels(db, settings.data_dir(), seed=12)  # ...until the team corrects them (CDC)
     # `defs` bound its resources when it was imported; bind this test's own.
     everything = [*defs.assets, *defs.asset_checks]
     upstream = dg.materialize(

@@ -42,7 +42,14 @@ def changes(db, first=ALL[0], last=ALL[1]):
 
 def ops(db, first=ALL[0], last=ALL[1]):
     t = changes(db, first, last)
-    return list(zip(t["operation"].to_pylist(), t["sample_id"].to_pylist(), t["label"].to_pylist(), strict=True))
+    return list(
+        zip(
+            t["operation"].to_pylist(),
+            t["sample_id"].to_pylist(),
+            t["label"].to_pylist(),
+            strict=True,
+        )
+    )
 
 
 def test_a_fresh_database_has_a_capture_instance_and_no_changes(db):
@@ -78,7 +85,9 @@ def test_changes_made_by_any_client_are_captured(db, tmp_path):
     with sqlite3.connect(tmp_path / "labels.db") as conn:  # not through the resource
         conn.execute("PRAGMA recursive_triggers=ON")
         conn.execute("INSERT INTO labels (sample_id, label, labeler) VALUES ('x', 3, 'cli')")
-        conn.execute("INSERT OR REPLACE INTO labels (sample_id, label, labeler) VALUES ('x', 5, 'cli')")
+        conn.execute(
+            "INSERT OR REPLACE INTO labels (sample_id, label, labeler) VALUES ('x', 5, 'cli')"
+        )
         conn.execute("UPDATE labels SET sample_id = 'y' WHERE sample_id = 'x'")
     assert [(o, k, v) for o, k, v in ops(db)] == [
         (2, "x", 3),
@@ -129,7 +138,11 @@ def test_invalid_labels_are_stored_as_given_for_the_checks_to_find(db):
 
 def test_timestamps_come_back_as_utc_microseconds(db):
     when = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
-    db.insert_labels(rows(["a"], [1]).append_column("updated_at", pa.array([when], LABEL_SCHEMA.field("updated_at").type)))
+    db.insert_labels(
+        rows(["a"], [1]).append_column(
+            "updated_at", pa.array([when], LABEL_SCHEMA.field("updated_at").type)
+        )
+    )
     db.insert_labels(rows(["b"], [2]))  # defaults to now
     table = db.read_labels()
     assert table.schema.equals(LABEL_SCHEMA, check_metadata=False)
@@ -145,3 +158,32 @@ def test_the_url_picks_the_implementation_and_the_password_never_shows(tmp_path)
     assert "TOPSECRET" not in AzureSqlLabelsDatabase(url=url).display_url
     with pytest.raises(ValueError, match="unsupported database"):
         labels_database_class("postgresql://h/db")
+
+
+def test_local_deployment_keeps_the_labels_database_under_the_data_dir(data_dir):
+    from mlassets.deployment import local_resources
+
+    db = local_resources()["labels_db"]
+    assert isinstance(db, SqliteLabelsDatabase)
+    assert db.url == f"sqlite:///{data_dir}/labels.db"
+
+
+def test_azure_reads_the_labels_url_as_a_secret_env_var(monkeypatch):
+    from mlassets import settings
+    from mlassets.deployment import build_resources
+
+    monkeypatch.setenv("MLASSETS_DEPLOYMENT", "azure")
+    monkeypatch.setenv("MLASSETS_LAKE_URL", "abfs://lake@acct.dfs.core.windows.net/x")
+    monkeypatch.setenv("MLASSETS_EVENTHUB_NAME", "digits")
+    monkeypatch.setenv("MLASSETS_EVENTHUB_NAMESPACE", "ns.servicebus.windows.net")
+    with pytest.raises(settings.MissingSettingError, match="MLASSETS_LABELS_DB_URL"):
+        build_resources()
+    url = "mssql+pyodbc://u:TOPSECRET@srv.database.windows.net/labels?driver=ODBC+Driver+18+for+SQL+Server"
+    monkeypatch.setenv("MLASSETS_LABELS_DB_URL", url)
+    monkeypatch.setenv("MLASSETS_LABELS_CAPTURE_INSTANCE", "dbo_labels_v2")
+    db = build_resources()["labels_db"]
+    assert isinstance(db, AzureSqlLabelsDatabase)
+    assert "TOPSECRET" not in repr(db._get_non_default_public_field_values())
+    assert "TOPSECRET" not in repr(db)
+    resolved = db.process_config_and_initialize()
+    assert resolved.url == url and resolved.capture_instance == "dbo_labels_v2"

@@ -97,14 +97,30 @@ class Recorder:
 
         errors = {n: type(n, (Exception,), {}) for n in ("Error", "DatabaseError")}
         self.module = types.SimpleNamespace(
-            paramstyle="qmark", apilevel="2.0", threadsafety=1, version="5.2.0",
-            connect=connect, Cursor=Cursor, pooling=True,
-            Warning=Warning, InterfaceError=errors["Error"], OperationalError=errors["Error"],
-            ProgrammingError=errors["Error"], IntegrityError=errors["Error"],
-            DataError=errors["Error"], NotSupportedError=errors["Error"],
-            InternalError=errors["Error"], **errors,
-            SQL_DBMS_VER=18, SQL_DRIVER_NAME=6, SQL_WVARCHAR=-9, SQL_VARCHAR=12,
-            SQL_VARBINARY=-3, SQL_BINARY=-2, BINARY=bytes, Binary=bytes,
+            paramstyle="qmark",
+            apilevel="2.0",
+            threadsafety=1,
+            version="5.2.0",
+            connect=connect,
+            Cursor=Cursor,
+            pooling=True,
+            Warning=Warning,
+            InterfaceError=errors["Error"],
+            OperationalError=errors["Error"],
+            ProgrammingError=errors["Error"],
+            IntegrityError=errors["Error"],
+            DataError=errors["Error"],
+            NotSupportedError=errors["Error"],
+            InternalError=errors["Error"],
+            **errors,
+            SQL_DBMS_VER=18,
+            SQL_DRIVER_NAME=6,
+            SQL_WVARCHAR=-9,
+            SQL_VARCHAR=12,
+            SQL_VARBINARY=-3,
+            SQL_BINARY=-2,
+            BINARY=bytes,
+            Binary=bytes,
         )
 
     def answer(self, sql):
@@ -151,18 +167,54 @@ def test_the_sensor_query_asks_only_for_the_max_lsn():
 
 def test_no_capture_instance_is_a_clear_error():
     rec = Recorder([(r"fn_cdc_get_min_lsn", _desc("min", "max"), [("0" * 20, MAX)])])
-    with pytest.raises(CdcNotEnabledError, match="capture instance.*MLASSETS_LABELS_CAPTURE_INSTANCE"):
+    with pytest.raises(
+        CdcNotEnabledError, match=r"capture instance.*MLASSETS_LABELS_CAPTURE_INSTANCE"
+    ):
         database(rec).lsn_bounds()
 
 
 def test_changes_are_read_with_fn_cdc_get_all_changes_and_binary_lsn_parameters():
     change_rows = [
-        ("0000002a000000200004", "0000002a000000200002", 2, "s1", 4, "ana", datetime(2024, 1, 2, 3, 4, 5, 600000)),
-        ("0000002a000000300004", "0000002a000000300002", 3, "s1", 4, "ana", datetime(2024, 1, 2, 3, 4, 5, 600000)),
-        ("0000002a000000300004", "0000002a000000300002", 4, "s1", 9, "bo", datetime(2024, 1, 2, 3, 5, 0)),
-        ("0000002a000000400004", "0000002a000000400002", 1, "s2", None, None, datetime(2024, 1, 2, 3, 6, 0)),
+        (
+            "0000002a000000200004",
+            "0000002a000000200002",
+            2,
+            "s1",
+            4,
+            "ana",
+            datetime(2024, 1, 2, 3, 4, 5, 600000),
+        ),
+        (
+            "0000002a000000300004",
+            "0000002a000000300002",
+            3,
+            "s1",
+            4,
+            "ana",
+            datetime(2024, 1, 2, 3, 4, 5, 600000),
+        ),
+        (
+            "0000002a000000300004",
+            "0000002a000000300002",
+            4,
+            "s1",
+            9,
+            "bo",
+            datetime(2024, 1, 2, 3, 5, 0),
+        ),
+        (
+            "0000002a000000400004",
+            "0000002a000000400002",
+            1,
+            "s2",
+            None,
+            None,
+            datetime(2024, 1, 2, 3, 6, 0),
+        ),
     ]
-    description = _desc("start_lsn", "seqval", "operation", "sample_id", "label", "labeler", "updated_at")
+    description = _desc(
+        "start_lsn", "seqval", "operation", "sample_id", "label", "labeler", "updated_at"
+    )
     rec = Recorder([(r"fn_cdc_get_all_changes", description, change_rows)])
     db = database(rec, capture_instance="dbo_labels_v2", fetch_rows=3)
     chunks = list(db.read_changes(MIN, MAX))
@@ -219,9 +271,21 @@ def test_setup_creates_the_table_and_enables_cdc_on_the_database_and_the_table()
 def test_writes_are_parameterized_executemany_against_dbo_labels():
     rec = Recorder([])
     db = database(rec)
-    db.update_labels(pa.table({"sample_id": ["s1", "s2"], "label": pa.array([3, 4], pa.int32()), "labeler": ["a", "b"]}))
+    db.update_labels(
+        pa.table(
+            {
+                "sample_id": ["s1", "s2"],
+                "label": pa.array([3, 4], pa.int32()),
+                "labeler": ["a", "b"],
+            }
+        )
+    )
     db.delete_labels(["s3"])
-    writes = [(sql, params) for sql, params, kind in rec.calls if kind in ("executemany", "execute") and "labels" in sql]
+    writes = [
+        (sql, params)
+        for sql, params, kind in rec.calls
+        if kind in ("executemany", "execute") and "labels" in sql
+    ]
     update_sql, update_params = writes[0]
     assert update_sql == (
         "UPDATE dbo.labels SET label = ?, labeler = ?, updated_at = ? WHERE sample_id = ?"
@@ -244,7 +308,9 @@ def test_without_credentials_in_the_url_connections_carry_an_entra_id_token(monk
     url = "mssql+pyodbc://@srv.database.windows.net/labels?driver=ODBC+Driver+18+for+SQL+Server"
     db = AzureSqlLabelsDatabase(url=url)
     real_create = sa.create_engine
-    monkeypatch.setattr(sa, "create_engine", lambda u, **kw: real_create(u, module=rec.module, **kw))
+    monkeypatch.setattr(
+        sa, "create_engine", lambda u, **kw: real_create(u, module=rec.module, **kw)
+    )
     assert db.max_lsn() == MAX
     token = rec.connect_kwargs[0]["attrs_before"][1256]
     assert token == len("tok".encode("utf-16-le")).to_bytes(4, "little") + "tok".encode("utf-16-le")

@@ -72,9 +72,7 @@ def test_the_tick_reads_only_the_max_lsn(resources, instance, monkeypatch):
     label(resources, "a")
     calls = []
     for name in ("lsn_bounds", "read_changes", "read_labels", "count_labels"):
-        monkeypatch.setattr(
-            SqliteLabelsDatabase, name, lambda *a, _n=name, **k: calls.append(_n)
-        )
+        monkeypatch.setattr(SqliteLabelsDatabase, name, lambda *a, _n=name, **k: calls.append(_n))
     assert tick(resources, instance).run_requests
     assert calls == []
 
