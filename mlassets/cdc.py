@@ -537,9 +537,9 @@ def snapshot_labels(
 ) -> LabelsSnapshot:
     """Copy `SELECT * FROM labels` into the lake as Parquet: the initial load's source.
 
-    The seam for Azure Data Factory: when the Data Factory resource lands, this runs its
-    `snapshot_labels` pipeline (SQL table -> Parquet at `path`) instead of reading through
-    SQLAlchemy. Whatever copies, the LSN must be read *before* the copy starts (see the
+    With a Data Factory resource (the `labels` asset passes one), its `snapshot_labels`
+    pipeline copies the table (SQL table -> Parquet at `path`); without one, this reads
+    through SQLAlchemy. Whatever copies, the LSN is read *before* the copy starts (see the
     module docstring for why that is enough).
     """
     lsn = db.max_lsn() or ZERO_LSN

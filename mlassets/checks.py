@@ -36,7 +36,11 @@ def validate_landed_file(lake: LakeStorage, path: str) -> list[str]:
     if not schema.equals(LANDED_SCHEMA, check_metadata=False):
         expected = {f.name: str(f.type) for f in LANDED_SCHEMA}
         actual = {f.name: str(f.type) for f in schema}
-        diff = {k: (expected.get(k), actual.get(k)) for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k)}
+        diff = {
+            k: (expected.get(k), actual.get(k))
+            for k in expected.keys() | actual.keys()
+            if expected.get(k) != actual.get(k)
+        }
         return [f"{path}: schema differs (expected, actual): {diff}"]
     t = lake.read_parquet(path)
     if t.num_rows == 0:
@@ -49,7 +53,9 @@ def validate_landed_file(lake: LakeStorage, path: str) -> list[str]:
         problems.append(f"{path}: duplicate sequence numbers")
     lengths = pc.list_value_length(t["pixels"]).to_numpy()
     if (bad := np.flatnonzero(lengths != PIXELS)).size:
-        problems.append(f"{path}: {bad.size} rows without {PIXELS} pixels (seq {seq[bad[:5]].tolist()})")
+        problems.append(
+            f"{path}: {bad.size} rows without {PIXELS} pixels (seq {seq[bad[:5]].tolist()})"
+        )
     flat = pc.list_flatten(t["pixels"]).to_numpy()
     if flat.size and flat.max() > PIXEL_MAX:
         problems.append(f"{path}: pixel values above {PIXEL_MAX}")
@@ -152,9 +158,7 @@ def labels_label_domain(lake: LakeStorage) -> dg.AssetCheckResult:
     table = cdc.read_labels_table(lake, ["sample_id", "label"])
     bad = invalid_labels(table)
     listed = bad.slice(0, MAX_LISTED_KEYS).to_pylist()
-    shown = ", ".join(
-        f"{r['sample_id']} ({_label_text(r['label'])})" for r in listed[:10]
-    )
+    shown = ", ".join(f"{r['sample_id']} ({_label_text(r['label'])})" for r in listed[:10])
     more = f" and {bad.num_rows - 10} more" if bad.num_rows > 10 else ""
     return dg.AssetCheckResult(
         passed=bad.num_rows == 0,

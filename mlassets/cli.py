@@ -127,14 +127,15 @@ def hub_info() -> None:
 
 @main.command("demo")
 @click.option("--events", "count", default=10_000, show_default=True)
-@click.option("--malformed", default=0, show_default=True)
-def demo(count: int, malformed: int) -> None:
-    """Publish events to the hub, run `ingest_events`, and say what landed where."""
+@click.option("--malformed", default=50, show_default=True, help="to see the quarantine at work")
+@click.option("--seed", type=int, default=None, help="for a repeatable demo")
+def demo(count: int, malformed: int, seed: int | None) -> None:
+    """The whole graph: publish events and labels, then land, sync, train, score, export."""
     from mlassets.demo import run_demo
 
     os.environ.setdefault("DAGSTER_HOME", str(settings.PROJECT_ROOT / "dagster_home"))
     try:
-        summary = run_demo(count, malformed)
+        summary = run_demo(count, malformed, seed)
     except settings.MissingSettingError as exc:
         _fail(str(exc))
     click.echo(summary.render())

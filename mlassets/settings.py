@@ -53,10 +53,14 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("MLASSETS_EVENTHUB_NAME", "the event hub that carries digit events", "digits"),
     Setting(
-        "MLASSETS_EVENTHUB_CONSUMER_GROUP", "consumer group the landing step reads with", "$Default",
+        "MLASSETS_EVENTHUB_CONSUMER_GROUP",
+        "consumer group the landing step reads with",
+        "$Default",
         scope="azure",
     ),
-    Setting("MLASSETS_EVENTHUB_PARTITIONS", "partition count of the embedded hub", "4", scope="local"),
+    Setting(
+        "MLASSETS_EVENTHUB_PARTITIONS", "partition count of the embedded hub", "4", scope="local"
+    ),
     Setting(
         "MLASSETS_MAX_RANGE_EVENTS",
         "largest sequence-number range one landing run (and one Parquet file) covers",
@@ -263,9 +267,7 @@ def get(name: str) -> str | None:
 def deployment() -> Deployment:
     value = (os.environ.get("MLASSETS_DEPLOYMENT") or "local").strip().lower()
     if value not in ("local", "azure"):
-        raise MissingSettingError(
-            f"MLASSETS_DEPLOYMENT must be 'local' or 'azure', not {value!r}"
-        )
+        raise MissingSettingError(f"MLASSETS_DEPLOYMENT must be 'local' or 'azure', not {value!r}")
     return value  # type: ignore[return-value]
 
 
@@ -321,5 +323,24 @@ def env_example() -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # python -m mlassets.settings: regenerate the README table
-    print(markdown_table())
+README_START = "<!-- settings:start (python -m mlassets.settings --write) -->"
+README_END = "<!-- settings:end -->"
+
+
+def write_docs() -> None:
+    """Regenerate the README's settings table and .env.example from SETTINGS."""
+    readme = PROJECT_ROOT / "README.md"
+    text = readme.read_text()
+    head, _, rest = text.partition(README_START)
+    _, _, tail = rest.partition(README_END)
+    readme.write_text(f"{head}{README_START}\n{markdown_table()}\n{README_END}{tail}")
+    (PROJECT_ROOT / ".env.example").write_text(env_example())
+
+
+if __name__ == "__main__":  # python -m mlassets.settings [--write]
+    import sys
+
+    if "--write" in sys.argv:
+        write_docs()
+    else:
+        print(markdown_table())

@@ -9,6 +9,8 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from mlassets import cdc
+from mlassets.adf import PipelineRunError
+from mlassets.resources.datafactory import DataFactoryResource, run_metadata
 from mlassets.resources.labels_db import CdcNotEnabledError, LabelsDatabase
 from mlassets.resources.storage import LakeStorage
 
@@ -146,6 +148,7 @@ def labels(
     config: LabelsConfig,
     labels_db: LabelsDatabase,
     lake: LakeStorage,
+    data_factory: DataFactoryResource,
 ) -> dg.MaterializeResult:
     try:
         state = cdc.labels_state(lake)
@@ -156,7 +159,10 @@ def labels(
         state, exists = None, True
     snapshot: cdc.LabelsSnapshot | None = None
     if state is None or config.resnapshot:
-        snapshot = cdc.snapshot_labels(labels_db, lake)
+        try:
+            snapshot = cdc.snapshot_labels(labels_db, lake, data_factory, context.log)
+        except PipelineRunError as exc:
+            raise dg.Failure(description=str(exc), metadata=run_metadata(exc.result)) from exc
         version = cdc.load_snapshot(lake, snapshot, replace=exists)
         context.log.info(
             f"{'re-snapshot' if exists else 'initial load'}: {snapshot.rows} rows from the source "
@@ -175,8 +181,11 @@ def labels(
         f"Delta version {applied.version_after}"
         + ("" if applied.committed else " (no new version)")
     )
+    metadata = labels_metadata(lake, applied, snapshot)
+    if snapshot is not None and snapshot.run is not None:
+        metadata.update(run_metadata(snapshot.run, prefix="snapshot_"))
     return dg.MaterializeResult(
-        metadata=labels_metadata(lake, applied, snapshot),
+        metadata=metadata,
         data_version=dg.DataVersion(str(applied.version_after)),
     )
 

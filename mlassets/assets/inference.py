@@ -10,6 +10,7 @@ import numpy as np
 from mlassets.assets.ingestion import landed_events
 from mlassets.assets.training import digit_classifier
 from mlassets.inference import current_model, predictions_dir, score, unscored_samples
+from mlassets.resources.datafactory import DataFactoryResource, run_metadata
 from mlassets.resources.storage import LakeStorage
 
 
@@ -23,7 +24,7 @@ from mlassets.resources.storage import LakeStorage
     kinds={"parquet", "tensorflow", "sql"},
 )
 def inference_outputs(
-    context: dg.AssetExecutionContext, lake: LakeStorage, data_factory
+    context: dg.AssetExecutionContext, lake: LakeStorage, data_factory: DataFactoryResource
 ) -> dg.MaterializeResult:
     model = current_model(context.instance)
     if model is None:
@@ -44,10 +45,16 @@ def inference_outputs(
         f"model {model.version} scored {predictions.num_rows} samples in {seconds:.2f}s"
         + (f" -> {path}" if path else " (nothing new to score)")
     )
-    export = data_factory.run_pipeline(
-        "export_predictions",
-        {"sourceFolder": predictions_dir(model.version), "targetTable": "predictions"},
-    )
+    # The upsert is keyed by (sample_id, model_version), so exporting the model's whole
+    # folder again is idempotent and also heals an export that failed after scoring.
+    export_meta = {}
+    if lake.glob(f"{predictions_dir(model.version)}/*.parquet"):
+        export = data_factory.run_pipeline(
+            "export_predictions",
+            {"sourceFolder": predictions_dir(model.version), "targetTable": "predictions"},
+            log=context.log,
+        )
+        export_meta = run_metadata(export, prefix="export_")
     classes = predictions["predicted_class"].to_numpy()
     confidence = predictions["probability"].to_numpy()
     counts = np.bincount(classes, minlength=10) if len(classes) else np.zeros(10, int)
@@ -71,7 +78,7 @@ def inference_outputs(
                 ),
             ),
             "path": dg.MetadataValue.path(lake.uri(predictions_dir(model.version))),
-            **export.metadata(prefix="export_"),
+            **export_meta,
         },
     )
 

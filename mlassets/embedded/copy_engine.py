@@ -634,6 +634,13 @@ def to_json_text(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
     raise UnsupportedFeatureError(f"a column of type {t} cannot be written as JSON")
 
 
+def _complex_text(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Lists and objects as JSON text, null staying null (mapComplexValuesToString)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return pc.if_else(values.is_valid(), to_json_text(values), pa.scalar(None, pa.string()))
+
+
 def _is_complex(t: pa.DataType) -> bool:
     return (
         pa.types.is_list(t)
@@ -1213,7 +1220,7 @@ class Translator:
             if self.complex_to_string:
                 for i, f in enumerate(table.schema):
                     if _is_complex(f.type):
-                        table = table.set_column(i, f.name, to_json_text(table.column(i)))
+                        table = table.set_column(i, f.name, _complex_text(table.column(i)))
             return Translated(table, [], [])
         n = table.num_rows
         columns, names = [], []
@@ -1227,9 +1234,7 @@ class Translator:
                 and _is_complex(values.type)
                 and sink.get("type") in (None, "String")
             ):
-                values = pc.if_else(
-                    values.is_valid(), to_json_text(values), pa.scalar(None, pa.string())
-                )
+                values = _complex_text(values)
             for interim in (src.get("type") if source_kind != "Json" else None, sink.get("type")):
                 if interim is None:
                     continue
@@ -1447,6 +1452,7 @@ class DelimitedTextFileSink(FileSink):
         if self._writer is None:
             raw = self._open()
             self._stream = pa.CompressedOutputStream(raw, "gzip") if self.opts.gzip else raw
+            self._schema = table.schema
             self._writer = pa_csv.CSVWriter(
                 self._stream,
                 table.schema,
@@ -1456,7 +1462,7 @@ class DelimitedTextFileSink(FileSink):
                     quoting_style="all_valid" if self.quote_all else "needed",
                 ),
             )
-        self._writer.write_table(table.cast(self._writer.schema))
+        self._writer.write_table(table.cast(self._schema))
         self.rows += table.num_rows
 
     def close(self, ok: bool) -> None:
@@ -1894,7 +1900,7 @@ class CopyEngine:
     def _activity(self, run: _Run, act: dict) -> tuple[str, str]:
         policy = act.get("policy") or {}
         attempts = 1 + int(policy.get("retry") or 0)
-        interval = float(policy.get("retryIntervalInSeconds") or 30)
+        interval = float(policy.get("retryIntervalInSeconds", 30))
         limit = parse_timespan(policy["timeout"]) if policy.get("timeout") else None
         message = ""
         for attempt in range(attempts):

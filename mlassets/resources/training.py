@@ -21,7 +21,7 @@ import dagster as dg
 from pydantic import Field
 
 #: Environment every training process gets: Keras 2 (tf-keras), which Horovod 0.28 supports.
-TRAINING_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+TRAINING_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from mlassets.incoming import Drop, DropError
 from mlassets.queue_messages import (
     BlobDrop,
     DropZone,
@@ -57,16 +58,15 @@ TRIGGER_TAGS = {"mlassets/trigger": "servicebus"}
 RETRAIN_JOB, SCORE_JOB, IMPORT_JOB = "train_model", "score_events", "import_incoming"
 #: Dead-letter reason for a message whose job this code location does not have.
 NO_SUCH_JOB = "JobNotInCodeLocation"
+#: Dead-letter reason for a drop the import job cannot read (not CSV or JSON lines).
+UNSUPPORTED_DROP = "UnsupportedDrop"
 
 
 def import_incoming_run_config(drop_path: str) -> dict:
-    """Run config of the `import_incoming` job for one drop (a lake-relative path under
-    `incoming/`, the `dropPath` parameter of the ADF pipeline `copy_incoming_to_landed`).
-
-    The one place that knows the shape of that job's config: reconcile it here when the job
-    changes.
-    """
-    return {"ops": {"import_incoming": {"config": {"drop_path": drop_path}}}}
+    """Run config of the `import_incoming` job (mlassets.assets.incoming) for one drop, a
+    lake-relative path under `incoming/`. The one place that knows the shape of that job's
+    config."""
+    return {"ops": {"import_incoming_drop": {"config": {"drop_path": drop_path}}}}
 
 
 def run_requests_for(
@@ -92,6 +92,10 @@ def run_requests_for(
         elif isinstance(command, Score):
             requests.append(dg.RunRequest(run_key=run_key, job_name=SCORE_JOB, tags=base))
         elif isinstance(command, BlobDrop):
+            try:  # what the job would refuse (an unknown file format) is refused here
+                Drop.parse(command.path)
+            except DropError as exc:
+                raise Rejected(UNSUPPORTED_DROP, str(exc)) from None
             requests.append(
                 dg.RunRequest(
                     run_key=run_key,
@@ -205,12 +209,11 @@ def _settle(context, action, message: ReceivedMessage, *args) -> None:
 
 
 def _code_location_jobs() -> list:
+    from mlassets.assets.incoming import import_incoming
     from mlassets.assets.inference import score_events
     from mlassets.assets.training import train_model
 
-    # RECONCILE: add `import_incoming` (the ADF drop import job) here once it exists, so that
-    # BlobCreated events start runs; until then they are dead-lettered as JobNotInCodeLocation.
-    return [train_model, score_events]
+    return [train_model, score_events, import_incoming]
 
 
 servicebus_sensor = build_servicebus_sensor(_code_location_jobs())

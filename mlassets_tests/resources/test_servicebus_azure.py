@@ -512,22 +512,10 @@ def test_namespace_with_default_azure_credential_or_a_clear_error(service, monke
 # -- the sensor on Service Bus ---------------------------------------------------------------------
 
 
-@dg.op(name="import_incoming", config_schema={"drop_path": str})
-def _import_op() -> None: ...
-
-
-@dg.job(name="import_incoming")
-def _import_incoming() -> None:
-    _import_op()
-
-
 def test_the_sensor_runs_the_same_on_service_bus(service, queue, instance, tmp_path):
-    from mlassets.assets.inference import score_events
-    from mlassets.assets.training import train_model
-    from mlassets.sensors.servicebus import build_servicebus_sensor
+    from mlassets.sensors.servicebus import servicebus_sensor as sensor
 
     service.lock_ms = 400
-    sensor = build_servicebus_sensor([train_model, score_events, _import_incoming])
     resources = {"message_queue": queue, "lake": LakeStorage(url=f"file://{tmp_path}/lake")}
 
     def tick():

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import mlassets.sensors.servicebus as sensor_module
+from mlassets.assets.incoming import import_incoming
 from mlassets.assets.inference import score_events
 from mlassets.assets.training import train_model
 from mlassets.cli import main
@@ -34,20 +35,6 @@ pytestmark = pytest.mark.timeout(60)
 LOCK = 0.4  # seconds: the embedded queue's lock duration in these tests
 
 
-@dg.op(name="import_incoming", config_schema={"drop_path": str})
-def _import_op() -> None: ...
-
-
-@dg.job(name="import_incoming")
-def import_incoming_stand_in() -> None:
-    """Stands in for the Data Factory drop import job (another issue builds it)."""
-    _import_op()
-
-
-#: The sensor as it will be once the code location has all three jobs.
-full_sensor = build_servicebus_sensor([train_model, score_events, import_incoming_stand_in])
-
-
 @pytest.fixture
 def resources(data_dir, monkeypatch):
     monkeypatch.setenv("MLASSETS_SERVICEBUS_LOCK_SECONDS", str(LOCK))
@@ -61,7 +48,7 @@ def queue(resources) -> EmbeddedQueue:
     return resources["message_queue"]
 
 
-def tick(resources, instance, sensor=full_sensor):
+def tick(resources, instance, sensor=servicebus_sensor):
     """One evaluation, as the daemon runs it (targets are checked)."""
     context = dg.build_sensor_context(instance=instance, resources=resources)
     data = sensor.evaluate_tick(context)
@@ -146,7 +133,7 @@ def test_blob_created_in_the_drop_zone_requests_import_incoming(resources, queue
     assert request.tags["mlassets/drop-path"] == "incoming/2026/05/scanner-7.json"
     assert request.tags["mlassets/event-id"] == mid
     # The config is one the job accepts.
-    assert dg.validate_run_config(import_incoming_stand_in, request.run_config)
+    assert dg.validate_run_config(import_incoming, request.run_config)
 
 
 def test_a_message_with_an_array_of_events_gets_one_run_per_event(resources, queue, instance):
@@ -335,12 +322,21 @@ def test_a_blob_outside_the_drop_zone_is_rejected(resources, queue, instance, ur
 
 
 def test_a_blob_event_without_the_import_job_is_dead_lettered_not_lost(resources, queue, instance):
-    # The code location's sensor before `import_incoming` exists.
+    # A code location without `import_incoming`.
+    sensor = build_servicebus_sensor([train_model, score_events])
     mid = send_blob_event(queue, resources["lake"], "a.json")
-    data = tick(resources, instance, sensor=servicebus_sensor)
+    data = tick(resources, instance, sensor=sensor)
     assert not data.run_requests
     reason, description = dead_letters(queue)[mid]
     assert reason == "JobNotInCodeLocation" and "import_incoming" in description
+
+
+def test_a_drop_the_import_cannot_read_is_dead_lettered(resources, queue, instance):
+    mid = send_blob_event(queue, resources["lake"], "scans/photo.png")
+    data = tick(resources, instance)
+    assert not data.run_requests
+    reason, description = dead_letters(queue)[mid]
+    assert reason == "UnsupportedDrop" and "unknown format '.png'" in description
 
 
 def test_the_queue_itself_dead_letters_a_message_whose_run_never_appears(
