@@ -11,10 +11,11 @@ from dataclasses import dataclass
 class Row:
     benchmark: str
     measured: float
-    baseline: float
+    #: None for a plain measurement with nothing to compare against (a wall time).
+    baseline: float | None
     unit: str
     #: measured / baseline must reach this (higher_is_better) or stay under it.
-    target: float
+    target: float | None
     higher_is_better: bool = True
     note: str = ""
 
@@ -23,7 +24,9 @@ class Row:
         return self.measured / self.baseline if self.baseline else float("nan")
 
     @property
-    def met(self) -> bool:
+    def met(self) -> bool | None:
+        if self.target is None or self.baseline is None:
+            return None
         return self.ratio >= self.target if self.higher_is_better else self.ratio <= self.target
 
 
@@ -42,9 +45,15 @@ def render(rows: list[Row]) -> str:
     lines = [header, "-" * len(header)]
     for r in rows:
         sign = ">=" if r.higher_is_better else "<="
+        if r.met is None:
+            compared = f"{'-':>14} {'-':>7} {'-':>8}  -  "
+        else:
+            compared = (
+                f"{r.baseline:>10,.1f} {r.unit:<3} {r.ratio:>7.2f} {sign}{r.target:<6} "
+                f"{'yes' if r.met else 'NO '}"
+            )
         lines.append(
-            f"{r.benchmark:44} {r.measured:>10,.1f} {r.unit:<3} {r.baseline:>10,.1f} {r.unit:<3}"
-            f" {r.ratio:>7.2f} {sign}{r.target:<6} {'yes' if r.met else 'NO'}"
+            f"{r.benchmark:44} {r.measured:>10,.1f} {r.unit:<3} {compared}"
             + (f"  ({r.note})" if r.note else "")
         )
     return "\n".join(lines)

@@ -99,15 +99,21 @@ def unscored_samples(lake: LakeStorage, version: str) -> pa.Table:
     return latest.filter(keep).select(["sample_id", "pixels"])
 
 
-def score(model_path: str, samples: pa.Table, version: str, lake: LakeStorage) -> pa.Table:
+def load(model: ApprovedModel, lake: LakeStorage):
+    """The Keras model of an approved version (imports TensorFlow)."""
+    from mlassets.training.model import load_model
+
+    return load_model(_local_copy(model.path, lake))
+
+
+def score(keras_model, samples: pa.Table, version: str) -> pa.Table:
     """One vectorized prediction over all samples -> PREDICTION_SCHEMA."""
     if samples.num_rows == 0:
         return PREDICTION_SCHEMA.empty_table()
-    from mlassets.training.model import load_model, predict_proba
+    from mlassets.training.model import predict_proba
 
-    model = load_model(_local_copy(model_path, lake))
     pixels = pc.list_flatten(samples["pixels"]).to_numpy(zero_copy_only=False).reshape(-1, PIXELS)
-    proba = predict_proba(model, pixels)
+    proba = predict_proba(keras_model, pixels)
     classes = proba.argmax(axis=1)
     now = datetime.now(UTC)
     return pa.table(

@@ -9,7 +9,7 @@ import numpy as np
 
 from mlassets.assets.ingestion import landed_events
 from mlassets.assets.training import digit_classifier
-from mlassets.inference import current_model, predictions_dir, score, unscored_samples
+from mlassets.inference import current_model, load, predictions_dir, score, unscored_samples
 from mlassets.resources.datafactory import DataFactoryResource, run_metadata
 from mlassets.resources.storage import LakeStorage
 
@@ -33,8 +33,9 @@ def inference_outputs(
             "train_model) before scoring"
         )
     samples = unscored_samples(lake, model.version)
+    keras_model = load(model, lake) if samples.num_rows else None
     started = time.perf_counter()
-    predictions = score(model.path, samples, model.version, lake)
+    predictions = score(keras_model, samples, model.version)
     seconds = time.perf_counter() - started
     path = None
     if predictions.num_rows:

@@ -170,10 +170,10 @@ def build_servicebus_sensor(
                             f"(the sensor targets {', '.join(sorted(available))})",
                         )
                 except Rejected as rejected:
-                    _settle(
+                    settled = _settle(
                         context, session.dead_letter, message, rejected.reason, rejected.description
                     )
-                    outcome["dead-lettered"] += 1
+                    outcome["dead-lettered" if settled else "lock lost"] += 1
                     context.log.warning(
                         f"dead-lettered message {message.message_id!r} (sequence number "
                         f"{message.sequence_number}, delivery {message.delivery_count}): "
@@ -188,8 +188,8 @@ def build_servicebus_sensor(
                     requests.extend(pending)
                     outcome["requested"] += 1
                 else:
-                    _settle(context, session.complete, message)
-                    outcome["completed"] += 1
+                    settled = _settle(context, session.complete, message)
+                    outcome["completed" if settled else "lock lost"] += 1
         summary = ", ".join(f"{n} {what}" for what, n in sorted(outcome.items()))
         context.log.info(f"{queue!r}: {len(messages)} received; {summary}")
         if requests:
@@ -199,13 +199,15 @@ def build_servicebus_sensor(
     return servicebus_sensor
 
 
-def _settle(context, action, message: ReceivedMessage, *args) -> None:
+def _settle(context, action, message: ReceivedMessage, *args) -> bool:
     """A settlement whose lock is gone is not an error: the message comes back, and the next
     delivery settles it (the run key keeps it from starting anything twice)."""
     try:
         action(message, *args)
     except MessageLockLostError as exc:
         context.log.warning(f"message {message.message_id!r}: {exc}")
+        return False
+    return True
 
 
 def _code_location_jobs() -> list:

@@ -246,6 +246,7 @@ def test_a_lost_lock_at_completion_is_harmless(resources, queue, instance, monke
     monkeypatch.setattr(sensor_module, "runs_exist", slow)
     data = tick(resources, instance)
     assert not data.run_requests
+    assert "1 lock lost" in data.skip_message
     assert queue.counts().active == 1  # completion failed; the message will come back
     monkeypatch.setattr(sensor_module, "runs_exist", real)
     tick(resources, instance)
