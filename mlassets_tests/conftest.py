@@ -38,6 +38,21 @@ def _no_ambient_azure(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
+def all_azure_settings(monkeypatch: pytest.MonkeyPatch):
+    """MLASSETS_DEPLOYMENT=azure with every required variable set to a harmless placeholder
+    (nothing is contacted); returns a function that unsets one, to test its absence."""
+    from mlassets import settings
+
+    monkeypatch.setenv("MLASSETS_DEPLOYMENT", "azure")
+    for need in settings.AZURE_REQUIRED:
+        name = need[0] if isinstance(need, tuple) else need
+        monkeypatch.setenv(name, f"placeholder-{name.lower()}")
+    monkeypatch.setenv("MLASSETS_LAKE_URL", "abfs://lake@acct.dfs.core.windows.net/x")
+    monkeypatch.setenv("MLASSETS_LABELS_DB_URL", "mssql+pyodbc://@srv.database.windows.net/labels")
+    return monkeypatch.delenv
+
+
+@pytest.fixture
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh MLASSETS_DATA_DIR (embedded hub, lake, databases) for one test."""
     path = tmp_path / "data"

@@ -90,18 +90,10 @@ def test_loading_the_code_location_in_azure_mode_reports_the_missing_variable():
     assert "MLASSETS_LAKE_URL" in result.stderr
 
 
-def all_azure_settings(monkeypatch) -> None:
-    """Every required Azure variable set to a harmless value (none is contacted)."""
-    monkeypatch.setenv("MLASSETS_DEPLOYMENT", "azure")
-    for need in settings.AZURE_REQUIRED:
-        name = need[0] if isinstance(need, tuple) else need
-        monkeypatch.setenv(name, f"placeholder-{name.lower()}")
-    monkeypatch.setenv("MLASSETS_LAKE_URL", "abfs://lake@acct.dfs.core.windows.net/x")
-
-
-def test_azure_secrets_are_env_vars_that_dagster_resolves_at_run_time(monkeypatch):
+def test_azure_secrets_are_env_vars_that_dagster_resolves_at_run_time(
+    monkeypatch, all_azure_settings
+):
     secret = "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKey=TOPSECRET"
-    all_azure_settings(monkeypatch)
     monkeypatch.setenv("MLASSETS_EVENTHUB_CONNECTION_STRING", secret)
     resources = build_resources()
     hub = resources["event_hub"]

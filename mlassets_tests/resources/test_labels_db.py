@@ -168,14 +168,11 @@ def test_local_deployment_keeps_the_labels_database_under_the_data_dir(data_dir)
     assert db.url == f"sqlite:///{data_dir}/labels.db"
 
 
-def test_azure_reads_the_labels_url_as_a_secret_env_var(monkeypatch):
+def test_azure_reads_the_labels_url_as_a_secret_env_var(monkeypatch, all_azure_settings):
     from mlassets import settings
     from mlassets.deployment import build_resources
 
-    monkeypatch.setenv("MLASSETS_DEPLOYMENT", "azure")
-    monkeypatch.setenv("MLASSETS_LAKE_URL", "abfs://lake@acct.dfs.core.windows.net/x")
-    monkeypatch.setenv("MLASSETS_EVENTHUB_NAME", "digits")
-    monkeypatch.setenv("MLASSETS_EVENTHUB_NAMESPACE", "ns.servicebus.windows.net")
+    all_azure_settings("MLASSETS_LABELS_DB_URL")
     with pytest.raises(settings.MissingSettingError, match="MLASSETS_LABELS_DB_URL"):
         build_resources()
     url = "mssql+pyodbc://u:TOPSECRET@srv.database.windows.net/labels?driver=ODBC+Driver+18+for+SQL+Server"
