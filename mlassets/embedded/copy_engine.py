@@ -1173,11 +1173,11 @@ def _arrow_type(sql_type: Any) -> pa.DataType | None:
     return None
 
 
-def _sql_type(t: pa.DataType, column: str) -> Any:
+def _sql_type(t: pa.DataType, column: str, key: bool = False) -> Any:
     import sqlalchemy as sa
 
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return sa.UnicodeText()
+        return sa.Unicode(450) if key else sa.UnicodeText()  # 450: SQL Server's index limit
     if pa.types.is_boolean(t):
         return sa.Boolean()
     if pa.types.is_int8(t) or pa.types.is_int16(t) or pa.types.is_uint8(t):
@@ -1516,7 +1516,11 @@ class JsonFileSink(FileSink):
 
 
 class SqlSink:
-    """Inserts or upserts into a table, all in one transaction."""
+    """Inserts or upserts into a table, all in one transaction.
+
+    An upsert stages the rows in a temporary table (ADF's useTempDB), then, set-based,
+    deletes the target rows whose keys it holds and inserts the last staged row per key.
+    """
 
     def __init__(self, engine: CopyEngine, dataset: Artifact, tp: dict, sink: dict) -> None:
         self.engine = engine
@@ -1534,9 +1538,12 @@ class SqlSink:
         self.auto_create = str(sink.get("tableOption") or "none").lower() == "autocreate"
         self.batch = int(sink.get("writeBatchSize") or 10_000)
         self._sa_engine = engine.sql_engine()
+        self.dialect = self._sa_engine.dialect
         self._conn = self._sa_engine.connect()
         self._trans = self._conn.begin()
         self._table: Any = None
+        self._stage: Any = None
+        self._staged = 0
         if sink.get("preCopyScript"):
             import sqlalchemy as sa
 
@@ -1546,79 +1553,115 @@ class SqlSink:
     def name(self) -> str:
         return self.engine.sql_name(self.tp)
 
+    def _q(self, name: str) -> str:
+        return self.dialect.identifier_preparer.quote(name)
+
     def _prepare(self, table: pa.Table) -> Any:
         import sqlalchemy as sa
 
         target = self.engine.sql_table(self._conn, self.tp, must_exist=False)
+        missing_keys = [k for k in self.keys if k not in table.column_names]
+        if missing_keys:
+            raise CopyError(f"upsert key column(s) {missing_keys} are not in the source")
         if target is None:
             if not self.auto_create:
                 raise CopyError(
                     f"table {self.name} does not exist (set tableOption autoCreate to create it)"
                 )
             schema, name = self.engine.sql_schema_and_table(self.tp)
-            target = sa.Table(
-                name,
-                sa.MetaData(),
-                *[sa.Column(f.name, _sql_type(f.type, f.name)) for f in table.schema],
-                schema=schema,
-            )
+            columns = [
+                sa.Column(f.name, _sql_type(f.type, f.name, key=f.name in self.keys))
+                for f in table.schema
+            ]
+            target = sa.Table(name, sa.MetaData(), *columns, schema=schema)
             target.create(self._conn)
         missing = [n for n in table.column_names if n not in target.columns]
         if missing:
             raise CopyError(f"table {self.name} has no column(s) {missing}")
-        missing_keys = [k for k in self.keys if k not in table.column_names]
-        if missing_keys:
-            raise CopyError(f"upsert key column(s) {missing_keys} are not in the source")
+        if self.behavior == "upsert":
+            self._stage = self._create_stage(target, table.column_names)
         return target
+
+    def _create_stage(self, target: Any, columns: list[str]) -> Any:
+        import sqlalchemy as sa
+
+        suffix = uuid.uuid4().hex[:12]
+        mssql = self.dialect.name == "mssql"
+        stage = sa.Table(
+            f"#mlassets_upsert_{suffix}" if mssql else f"mlassets_upsert_{suffix}",
+            sa.MetaData(),
+            *[sa.Column(c, target.columns[c].type) for c in columns],
+            sa.Column("__seq", sa.BigInteger()),
+            prefixes=[] if mssql else ["TEMPORARY"],
+        )
+        stage.create(self._conn)
+        if self.dialect.name == "sqlite":  # SQL Server hash-joins without one
+            keys = ", ".join(self._q(k) for k in [*self.keys, "__seq"])
+            self._conn.exec_driver_sql(
+                f"CREATE INDEX {self._q(f'ix_{suffix}')} ON {self._q(stage.name)} ({keys})"
+            )
+        return stage
+
+    def _insert(self, table_sql: str, table: pa.Table) -> None:
+        mark = "?" if self.dialect.paramstyle == "qmark" else "%s"
+        columns = table.column_names
+        statement = (
+            f"INSERT INTO {table_sql} ({', '.join(self._q(c) for c in columns)}) "
+            f"VALUES ({', '.join([mark] * len(columns))})"
+        )
+        values = [_python_values(table.column(c), self.dialect.name) for c in columns]
+        rows = list(zip(*values, strict=True))
+        for start in range(0, len(rows), self.batch):
+            self._conn.exec_driver_sql(statement, rows[start : start + self.batch])
 
     def write(self, table: pa.Table) -> None:
         if self._table is None:
             self._table = self._prepare(table)
         if table.num_rows == 0:
             return
-        if self.behavior == "upsert":
-            table = _last_per_key(table, self.keys)
-        dialect = self._sa_engine.dialect
-        quote = dialect.identifier_preparer.quote
-        target = self.engine.sql_name(self.tp, quoted=True, dialect=dialect)
-        mark = "?" if dialect.paramstyle == "qmark" else "%s"
-        columns = table.column_names
-        py_columns = [_python_values(table.column(c), dialect.name) for c in columns]
-        rows = list(zip(*py_columns, strict=True))
-        if self.behavior == "upsert":
-            key_idx = [columns.index(k) for k in self.keys]
-            where = " AND ".join(f"{quote(k)} = {mark}" for k in self.keys)
-            key_rows = [tuple(r[i] for i in key_idx) for r in rows]
-            for start in range(0, len(key_rows), self.batch):
-                self._conn.exec_driver_sql(
-                    f"DELETE FROM {target} WHERE {where}", key_rows[start : start + self.batch]
-                )
-        insert = (
-            f"INSERT INTO {target} ({', '.join(quote(c) for c in columns)}) "
-            f"VALUES ({', '.join([mark] * len(columns))})"
-        )
-        for start in range(0, len(rows), self.batch):
-            self._conn.exec_driver_sql(insert, rows[start : start + self.batch])
-        self.rows += table.num_rows
+        if self._stage is not None:
+            seq = pa.array(np.arange(self._staged, self._staged + table.num_rows, dtype=np.int64))
+            self._insert(self._q(self._stage.name), table.append_column("__seq", seq))
+            self._staged += table.num_rows
+        else:
+            target = self.engine.sql_name(self.tp, quoted=True, dialect=self.dialect)
+            self._insert(target, table)
+            self.rows += table.num_rows
         self.bytes_written += table.nbytes
+
+    def _merge(self) -> None:
+        """Delete the target rows the stage has keys for; insert the last staged row per key."""
+        target = self.engine.sql_name(self.tp, quoted=True, dialect=self.dialect)
+        stage = self._q(self._stage.name)
+        columns = [c.name for c in self._stage.columns if c.name != "__seq"]
+        same = " AND ".join(f"s.{self._q(k)} = {target}.{self._q(k)}" for k in self.keys)
+        self._conn.exec_driver_sql(
+            f"DELETE FROM {target} WHERE EXISTS (SELECT 1 FROM {stage} s WHERE {same})"
+        )
+        later = " AND ".join(f"l.{self._q(k)} = s.{self._q(k)}" for k in self.keys)
+        listed = ", ".join(self._q(c) for c in columns)
+        selected = ", ".join(f"s.{self._q(c)}" for c in columns)
+        inserted = self._conn.exec_driver_sql(
+            f"INSERT INTO {target} ({listed}) SELECT {selected} "
+            f"FROM {stage} s WHERE NOT EXISTS (SELECT 1 FROM {stage} l WHERE {later} "
+            "AND l.__seq > s.__seq)"
+        )
+        self.rows += max(inserted.rowcount, 0)
+        self._conn.exec_driver_sql(f"DROP TABLE {stage}")
 
     def close(self, ok: bool) -> None:
         try:
+            if ok and self._stage is not None:
+                self._merge()
             if ok:
                 self._trans.commit()
             else:
                 self._trans.rollback()
+        except BaseException:
+            self._trans.rollback()
+            raise
         finally:
             self._conn.close()
-
-
-def _last_per_key(table: pa.Table, keys: list[str]) -> pa.Table:
-    """One row per key (the last one), as an upsert of the rows in order would leave it."""
-    indexed = table.select(keys).append_column("__row", pa.array(np.arange(table.num_rows)))
-    last = indexed.group_by(keys, use_threads=False).aggregate([("__row", "max")])["__row_max"]
-    if len(last) == table.num_rows:
-        return table
-    return table.take(pa.array(np.sort(last.to_numpy())))
 
 
 def _python_values(column: pa.ChunkedArray, dialect: str) -> list:

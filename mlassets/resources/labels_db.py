@@ -25,6 +25,7 @@ Why SQLAlchemy Core and `text()` rather than an ORM: the statements are few, dia
 (CDC functions) and must be inspectable; the URL is the one setting that differs.
 """
 
+import atexit
 import re
 import threading
 from abc import ABC, abstractmethod
@@ -199,7 +200,11 @@ class LabelsDatabase(dg.ConfigurableResource, ABC):
         with self._lock:
             if self._engine is None:
                 self._engine = self._create_engine()
+                # Close its connections before the interpreter dismantles the sqlite3 module
+                # (a teardown hook would stop the CLI from initializing the resource).
+                atexit.register(self._engine.dispose)
             return self._engine
+
 
     @property
     def display_url(self) -> str:
