@@ -286,6 +286,22 @@ def test_export_predictions_creates_the_table_and_upserts_by_key(lake, db_url):
     sql.dispose()
 
 
+def test_an_upsert_keeps_the_last_row_per_key_across_files(lake, db_url):
+    first = pa.table({"sample_id": ["a", "b", "a"], "model_version": ["v1"] * 3, "p": [1, 2, 3]})
+    lake.write_parquet("predictions/x/part-0.parquet", first)
+    lake.write_parquet(
+        "predictions/x/part-1.parquet", first.slice(1, 1).set_column(2, "p", pa.array([9]))
+    )
+    result = engine(lake, db_url).run("export_predictions", {"sourceFolder": "predictions/x"})
+    sql = sa.create_engine(db_url)
+    with sql.connect() as conn:
+        rows = dict(conn.execute(sa.text("SELECT sample_id, p FROM predictions")).fetchall())
+    sql.dispose()
+    assert rows == {"a": 3, "b": 9}
+    assert result.activities[0].output["rowsRead"] == 4
+    assert result.activities[0].output["rowsCopied"] == len(rows) == 2  # rows the table got
+
+
 # -- what is outside the subset is refused before anything runs ---------------------------------
 
 
