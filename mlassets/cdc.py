@@ -596,4 +596,3 @@ def live_chain(lake: LakeStorage) -> tuple[list[LsnRange], Chain, str | None]:
     after = state.snapshot_lsn if state is not None else None
     live = [r for r in ranges if after is None or r.last > after]
     return live, chain(live, after=after), after
-

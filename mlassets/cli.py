@@ -65,28 +65,46 @@ def simulate_events(count: int, malformed: int, seed: int | None) -> None:
 
 @simulate.command("labels")
 @click.option(
-    "--unlabeled", default=0.2, show_default=True, type=click.FloatRange(0, 1),
+    "--unlabeled",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0, 1),
     help="share of newly seen samples left unlabeled (for inference)",
 )
 @click.option(
-    "--wrong", default=0.05, show_default=True, type=click.FloatRange(0, 1),
+    "--wrong",
+    default=0.05,
+    show_default=True,
+    type=click.FloatRange(0, 1),
     help="share of new labels that start wrong (the next call corrects them)",
 )
 @click.option(
-    "--retract", default=0.02, show_default=True, type=click.FloatRange(0, 1),
+    "--retract",
+    default=0.02,
+    show_default=True,
+    type=click.FloatRange(0, 1),
     help="share of existing labels retracted (deleted)",
 )
 @click.option(
-    "--invalid", default=0, show_default=True, type=click.IntRange(0),
+    "--invalid",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
     help="rows to give an invalid label (11 or NULL), for the checks",
 )
 @click.option(
-    "--corrections/--no-corrections", default=True, show_default=True,
+    "--corrections/--no-corrections",
+    default=True,
+    show_default=True,
     help="correct the wrong and invalid labels of earlier calls",
 )
 @click.option("--seed", type=int, default=None, help="for repeatable choices")
 def simulate_labels(
-    unlabeled: float, wrong: float, retract: float, invalid: int, corrections: bool,
+    unlabeled: float,
+    wrong: float,
+    retract: float,
+    invalid: int,
+    corrections: bool,
     seed: int | None,
 ) -> None:
     """Label the samples `simulate events` published, in the labels database (CDC on)."""
@@ -97,8 +115,14 @@ def simulate_labels(
     started = time.perf_counter()
     try:
         done = run_round(
-            db, settings.data_dir(), unlabeled=unlabeled, wrong=wrong, retract=retract,
-            invalid=invalid, corrections=corrections, seed=seed,
+            db,
+            settings.data_dir(),
+            unlabeled=unlabeled,
+            wrong=wrong,
+            retract=retract,
+            invalid=invalid,
+            corrections=corrections,
+            seed=seed,
         )
     except ValueError as exc:
         _fail(str(exc))
@@ -253,8 +277,11 @@ def send_score() -> None:
 @send_group.command("blob-created")
 @click.argument("path")
 @click.option(
-    "--schema", type=click.Choice(["eventgrid", "cloudevents"]), default="eventgrid",
-    show_default=True, help="Event Grid event schema of the subscription",
+    "--schema",
+    type=click.Choice(["eventgrid", "cloudevents"]),
+    default="eventgrid",
+    show_default=True,
+    help="Event Grid event schema of the subscription",
 )
 @click.option("--missing-ok", is_flag=True, help="send even when no blob is at the path yet")
 def send_blob_created(path: str, schema: str, missing_ok: bool) -> None:
@@ -275,12 +302,16 @@ def send_blob_created(path: str, schema: str, missing_ok: bool) -> None:
     if not exists and not missing_ok:
         _fail(f"nothing at {lake.uri(relative)}: drop the file first (or pass --missing-ok)")
     event = blob_created_event(
-        DropZone.for_lake(lake), relative, schema=schema,
+        DropZone.for_lake(lake),
+        relative,
+        schema=schema,
         content_length=lake.size(relative) if exists else 0,
     )
     _send(
-        event, f"BlobCreated ({schema}) for {relative}",
-        message_id=event["id"], content_type=event_content_type(schema),
+        event,
+        f"BlobCreated ({schema}) for {relative}",
+        message_id=event["id"],
+        content_type=event_content_type(schema),
     )
 
 

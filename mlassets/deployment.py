@@ -109,7 +109,8 @@ def azure_resources() -> dict[str, Any]:
             factory_name=dg.EnvVar("MLASSETS_ADF_FACTORY_NAME"),
             lake_url=dg.EnvVar("MLASSETS_LAKE_URL"),
             sql_url=_env("MLASSETS_LABELS_DB_URL"),
-            arm_endpoint=settings.get("MLASSETS_ADF_ARM_ENDPOINT") or "https://management.azure.com",
+            arm_endpoint=settings.get("MLASSETS_ADF_ARM_ENDPOINT")
+            or "https://management.azure.com",
             default_timeout_seconds=_adf_timeout(),
         ),
     }

@@ -13,8 +13,12 @@ BIN = os.path.dirname(sys.executable)
 
 def mlassets(*args, check=True):
     result = subprocess.run(
-        [f"{BIN}/mlassets", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
-        timeout=300, env=dict(os.environ),
+        [f"{BIN}/mlassets", *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
     )
     if check:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

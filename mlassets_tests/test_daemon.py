@@ -22,7 +22,10 @@ def daemon(dagster_home, data_dir):
     log = open(dagster_home / "daemon.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [f"{BIN}/dagster-daemon", "run", "-w", "workspace.yaml"],
-        cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=PROJECT_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     yield proc
     with contextlib.suppress(ProcessLookupError):
@@ -38,10 +41,21 @@ def daemon(dagster_home, data_dir):
 @pytest.mark.slow
 def test_a_launched_ingest_job_is_run_by_the_daemon_to_success(daemon, dagster_home, data_dir):
     env = {**os.environ}
-    subprocess.run([f"{BIN}/mlassets", "simulate", "events", "--count", "800", "--malformed", "8"],
-                   cwd=PROJECT_ROOT, check=True, env=env, capture_output=True)
-    launch = subprocess.run([f"{BIN}/dagster", "job", "launch", "-j", "ingest_events"],
-                            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    subprocess.run(
+        [f"{BIN}/mlassets", "simulate", "events", "--count", "800", "--malformed", "8"],
+        cwd=PROJECT_ROOT,
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    launch = subprocess.run(
+        [f"{BIN}/dagster", "job", "launch", "-j", "ingest_events"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert launch.returncode == 0, launch.stderr[-2000:]
 
     with dg.DagsterInstance.get() as instance:

@@ -213,8 +213,7 @@ def labels_metadata(
         "applied_lsn": dg.MetadataValue.text(_lsn(applied.applied_lsn)),
         "snapshot_lsn": dg.MetadataValue.text(_lsn(applied.snapshot_lsn)),
         "initial_load": dg.MetadataValue.text(
-            f"{snapshot.rows} rows at LSN {_lsn(snapshot.lsn)} via {snapshot.via} "
-            f"({snapshot.path})"
+            f"{snapshot.rows} rows at LSN {_lsn(snapshot.lsn)} via {snapshot.via} ({snapshot.path})"
             if snapshot
             else "-"
         ),

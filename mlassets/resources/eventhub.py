@@ -59,7 +59,9 @@ class EventHubResource(dg.ConfigurableResource, ABC):
 
     @abstractmethod
     def publish(
-        self, bodies: Sequence[bytes], partition_keys: Sequence[str | None] | None = None,
+        self,
+        bodies: Sequence[bytes],
+        partition_keys: Sequence[str | None] | None = None,
         properties: dict[str, str] | None = None,
     ) -> int:
         """Send events; returns how many were acknowledged by the hub."""

@@ -205,7 +205,6 @@ class LabelsDatabase(dg.ConfigurableResource, ABC):
                 atexit.register(self._engine.dispose)
             return self._engine
 
-
     @property
     def display_url(self) -> str:
         """The URL without its password: safe for logs and metadata."""
@@ -273,7 +272,8 @@ class LabelsDatabase(dg.ConfigurableResource, ABC):
         if "updated_at" in table.column_names:  # drivers want naive UTC datetimes
             utc = table["updated_at"].cast(pa.timestamp("us", tz="UTC"))
             table = table.set_column(
-                table.schema.get_field_index("updated_at"), "updated_at",
+                table.schema.get_field_index("updated_at"),
+                "updated_at",
                 utc.cast(pa.timestamp("us")),
             )
         rows = table.to_pylist()

@@ -120,8 +120,13 @@ class FakeEventHubsService:
     # -- contents --------------------------------------------------------------------------
 
     def add(
-        self, partition_id: str, body: bytes | None = None, *, key: str | None = None,
-        properties: dict | None = None, message: Message | None = None,
+        self,
+        partition_id: str,
+        body: bytes | None = None,
+        *,
+        key: str | None = None,
+        properties: dict | None = None,
+        message: Message | None = None,
     ) -> int:
         """Append one event as if a producer had sent it; returns its sequence number."""
         if message is None:
@@ -129,9 +134,7 @@ class FakeEventHubsService:
         return self._enqueue(partition_id, message, key)
 
     def fill(self, partition_id: str, count: int, **kwargs) -> list[int]:
-        return [
-            self.add(partition_id, b'{"n": %d}' % i, **kwargs) for i in range(count)
-        ]
+        return [self.add(partition_id, b'{"n": %d}' % i, **kwargs) for i in range(count)]
 
     def expire(self, partition_id: str, before: int) -> None:
         """Retention: events before `before` are gone and the beginning moves."""
@@ -172,23 +175,27 @@ class FakeEventHubsService:
 
     def management(self, mgmt_msg, op_type: bytes) -> SimpleNamespace:
         if op_type == b"com.microsoft:eventhub":
-            return SimpleNamespace(value={
-                b"name": HUB.encode(),
-                b"created_at": T0_MS,
-                b"partition_ids": [pid.encode() for pid in self.partitions],
-            })
+            return SimpleNamespace(
+                value={
+                    b"name": HUB.encode(),
+                    b"created_at": T0_MS,
+                    b"partition_ids": [pid.encode() for pid in self.partitions],
+                }
+            )
         assert op_type == b"com.microsoft:partition", op_type
         pid = mgmt_msg.application_properties["partition"]
         p = self.partitions[pid]
-        return SimpleNamespace(value={
-            b"name": HUB.encode(),
-            b"partition": pid.encode(),
-            b"begin_sequence_number": p.beginning,
-            b"last_enqueued_sequence_number": p.next_seq - 1,
-            b"last_enqueued_offset": p.last_offset.encode(),
-            b"last_enqueued_time_utc": p.last_enqueued_ms,
-            b"is_partition_empty": not p.events,
-        })
+        return SimpleNamespace(
+            value={
+                b"name": HUB.encode(),
+                b"partition": pid.encode(),
+                b"begin_sequence_number": p.beginning,
+                b"last_enqueued_sequence_number": p.next_seq - 1,
+                b"last_enqueued_offset": p.last_offset.encode(),
+                b"last_enqueued_time_utc": p.last_enqueued_ms,
+                b"is_partition_empty": not p.events,
+            }
+        )
 
     # -- receive link ----------------------------------------------------------------------
 
@@ -214,8 +221,11 @@ class FakeEventHubsService:
         window = time.monotonic()
         while not stop.is_set():
             pending = [
-                e for e in p.events
-                if e.seq > delivered and wanted(e) and e.seq not in p.skip
+                e
+                for e in p.events
+                if e.seq > delivered
+                and wanted(e)
+                and e.seq not in p.skip
                 and (p.stall_after is None or e.seq <= p.stall_after)
             ][:max_batch]
             # The SDK hands a batch over when it is full, at once without max_wait_time,
@@ -311,8 +321,10 @@ class FakeConsumerClient(EventHubConsumerClient):
 
     def __init__(self, service: FakeEventHubsService, consumer_group: str) -> None:
         super().__init__(
-            fully_qualified_namespace=NAMESPACE, eventhub_name=HUB,
-            consumer_group=consumer_group, credential=AzureNamedKeyCredential("fake", "fake"),
+            fully_qualified_namespace=NAMESPACE,
+            eventhub_name=HUB,
+            consumer_group=consumer_group,
+            credential=AzureNamedKeyCredential("fake", "fake"),
         )
         self._service = service
         self._fake_stop = threading.Event()
@@ -350,7 +362,8 @@ class FakeProducerClient(EventHubProducerClient):
 
     def __init__(self, service: FakeEventHubsService) -> None:
         super().__init__(
-            fully_qualified_namespace=NAMESPACE, eventhub_name=HUB,
+            fully_qualified_namespace=NAMESPACE,
+            eventhub_name=HUB,
             credential=AzureNamedKeyCredential("fake", "fake"),
         )
         self._service = service
@@ -384,12 +397,14 @@ def azure_hub(**overrides) -> AzureEventHub:
 
 
 def digit_body(sample_id: str) -> bytes:
-    return json.dumps({
-        "sample_id": sample_id,
-        "pixels": [i % 17 for i in range(64)],
-        "source": "scanner-1",
-        "captured_at": "2026-01-01T00:00:00+00:00",
-    }).encode()
+    return json.dumps(
+        {
+            "sample_id": sample_id,
+            "pixels": [i % 17 for i in range(64)],
+            "source": "scanner-1",
+            "captured_at": "2026-01-01T00:00:00+00:00",
+        }
+    ).encode()
 
 
 def enqueued(seq: int) -> datetime:
@@ -434,7 +449,8 @@ def test_all_partition_properties_share_one_connection(service):
     props = azure_hub().all_partition_properties()
 
     assert [(p.partition_id, p.last_enqueued_sequence_number) for p in props] == [
-        ("0", -1), ("1", 2),
+        ("0", -1),
+        ("1", 2),
     ]
     assert len(service.consumers) == 1
     assert service.consumers[0].closed
@@ -445,8 +461,12 @@ def test_all_partition_properties_share_one_connection(service):
 
 def test_read_range_returns_first_to_last_in_order_with_their_metadata(service):
     for i in range(6):
-        service.add("0", digit_body(f"s{i}"), key="scanner-1",
-                    properties={"source": "simulator", "schema": "digits/v1"})
+        service.add(
+            "0",
+            digit_body(f"s{i}"),
+            key="scanner-1",
+            properties={"source": "simulator", "schema": "digits/v1"},
+        )
 
     table = azure_hub().read_range("0", 1, 4)
 
@@ -633,11 +653,13 @@ def test_publish_groups_by_key_splits_full_batches_and_counts_what_was_sent(serv
     assert sorted(b"".join(ev.body) for ev in events) == sorted(bodies)
     assert all(ev.properties == {b"source": b"simulator"} for ev in events)
     for key in ("a", "b"):
-        holders = {pid for pid, evs in received.items() for e in evs
-                   if e.partition_key == key.encode()}
+        holders = {
+            pid for pid, evs in received.items() for e in evs if e.partition_key == key.encode()
+        }
         assert len(holders) == 1  # one key, one partition
-        in_order = [b"".join(e.body) for e in received[holders.pop()]
-                    if e.partition_key == key.encode()]
+        in_order = [
+            b"".join(e.body) for e in received[holders.pop()] if e.partition_key == key.encode()
+        ]
         assert in_order == [b for b, k in zip(bodies, keys, strict=True) if k == key]
     assert service.producers and all(p.closed for p in service.producers)
 
@@ -661,8 +683,10 @@ def test_publish_needs_one_partition_key_per_body(service):
 
 def test_a_connection_string_builds_sdk_clients_for_the_hub():
     hub = AzureEventHub(
-        eventhub_name=HUB, connection_string=CONNECTION_STRING,
-        fully_qualified_namespace="other.servicebus.windows.net", consumer_group="landing",
+        eventhub_name=HUB,
+        connection_string=CONNECTION_STRING,
+        fully_qualified_namespace="other.servicebus.windows.net",
+        consumer_group="landing",
     )
 
     with hub.consumer() as consumer, hub.producer() as producer:
@@ -679,9 +703,15 @@ def test_a_namespace_uses_one_default_azure_credential_created_on_first_use(monk
     import azure.identity
     from azure.identity import DefaultAzureCredential
 
-    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET",
-                 "AZURE_FEDERATED_TOKEN_FILE", "AZURE_USERNAME", "IDENTITY_ENDPOINT",
-                 "MSI_ENDPOINT"):
+    for name in (
+        "AZURE_CLIENT_ID",
+        "AZURE_TENANT_ID",
+        "AZURE_CLIENT_SECRET",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "AZURE_USERNAME",
+        "IDENTITY_ENDPOINT",
+        "MSI_ENDPOINT",
+    ):
         monkeypatch.delenv(name, raising=False)
     created = []
 
