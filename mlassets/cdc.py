@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mlassets.layout import CDC_PREFIX, LABELS_PATH, SNAPSHOT_PREFIX
 from mlassets.resources.labels_db import (
     CHANGE_SCHEMA,
     LABEL_COLUMNS,
@@ -51,10 +52,6 @@ from mlassets.resources.labels_db import (
     next_lsn,
 )
 from mlassets.resources.storage import LakeStorage
-
-CDC_PREFIX = "cdc/labels"
-LABELS_PATH = "curated/labels"
-SNAPSHOT_PREFIX = "snapshots/labels"
 
 #: Keys of the Delta commit metadata that carry the CDC state of `curated/labels`.
 APPLIED_LSN_KEY = "mlassets.applied_lsn"

@@ -5,17 +5,30 @@ The landed-events checks read back exactly the files the latest materialization 
 the lake.
 """
 
-import dagster as dg
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING
 
-from mlassets import cdc, settings
+import dagster as dg
+
+from mlassets import settings
 from mlassets.assets.cdc import cdc_deltas, labels
 from mlassets.assets.ingestion import landed_events
-from mlassets.events import LANDED_SCHEMA, PIXEL_MAX, PIXELS
-from mlassets.landing import EventRange, gaps, landed_ranges
+from mlassets.lazy import lazy
 from mlassets.resources.storage import LakeStorage
+
+# Loaded when a check runs, not when the code location loads.
+np = lazy("numpy")
+pa = lazy("pyarrow")
+pc = lazy("pyarrow.compute")
+cdc = lazy("mlassets.cdc")
+events = lazy("mlassets.events")
+landing = lazy("mlassets.landing")
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from mlassets import cdc, events, landing
 
 
 def max_quarantine_ratio() -> float:
@@ -33,8 +46,8 @@ def validate_landed_file(lake: LakeStorage, path: str) -> list[str]:
     """Problems with one landed file; empty when it honours the landed contract."""
     problems: list[str] = []
     schema = lake.read_schema(path)
-    if not schema.equals(LANDED_SCHEMA, check_metadata=False):
-        expected = {f.name: str(f.type) for f in LANDED_SCHEMA}
+    if not schema.equals(events.LANDED_SCHEMA, check_metadata=False):
+        expected = {f.name: str(f.type) for f in events.LANDED_SCHEMA}
         actual = {f.name: str(f.type) for f in schema}
         diff = {
             k: (expected.get(k), actual.get(k))
@@ -45,20 +58,20 @@ def validate_landed_file(lake: LakeStorage, path: str) -> list[str]:
     t = lake.read_parquet(path)
     if t.num_rows == 0:
         return problems
-    rng = EventRange.from_path(path)
+    rng = landing.EventRange.from_path(path)
     seq = t["sequence_number"].to_numpy()
     if rng is not None and (seq.min() < rng.first or seq.max() > rng.last):
         problems.append(f"{path}: sequence numbers outside {rng.first}..{rng.last}")
     if len(np.unique(seq)) != len(seq):
         problems.append(f"{path}: duplicate sequence numbers")
     lengths = pc.list_value_length(t["pixels"]).to_numpy()
-    if (bad := np.flatnonzero(lengths != PIXELS)).size:
+    if (bad := np.flatnonzero(lengths != events.PIXELS)).size:
         problems.append(
-            f"{path}: {bad.size} rows without {PIXELS} pixels (seq {seq[bad[:5]].tolist()})"
+            f"{path}: {bad.size} rows without {events.PIXELS} pixels (seq {seq[bad[:5]].tolist()})"
         )
     flat = pc.list_flatten(t["pixels"]).to_numpy()
-    if flat.size and flat.max() > PIXEL_MAX:
-        problems.append(f"{path}: pixel values above {PIXEL_MAX}")
+    if flat.size and flat.max() > events.PIXEL_MAX:
+        problems.append(f"{path}: pixel values above {events.PIXEL_MAX}")
     empty = pc.equal(pc.utf8_length(t["sample_id"]), 0).to_numpy(zero_copy_only=False)
     if empty.any():
         problems.append(f"{path}: {int(empty.sum())} empty sample ids")
@@ -78,7 +91,9 @@ def landed_events_schema_and_ranges(
     meta = _latest_metadata(context.instance, landed_events.key)
     files = list(meta.get("files") or [])
     problems = [p for f in files for p in validate_landed_file(lake, f)]
-    partition_gaps = {p: g for p, rs in landed_ranges(lake).items() if (g := gaps(rs))}
+    partition_gaps = {
+        p: g for p, rs in landing.landed_ranges(lake).items() if (g := landing.gaps(rs))
+    }
     return dg.AssetCheckResult(
         passed=not problems,
         metadata={
@@ -128,7 +143,7 @@ ASSET_CHECKS = [landed_events_schema_and_ranges, landed_events_quarantine_ratio]
 MAX_LISTED_KEYS = 50
 
 
-def invalid_labels(table: pa.Table) -> pa.Table:
+def invalid_labels(table: "pa.Table") -> "pa.Table":
     """Rows whose label is NULL or outside 0..9, sorted by sample_id."""
     label = table["label"]
     outside = pc.or_(pc.less(label, 0), pc.greater(label, 9))

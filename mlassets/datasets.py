@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mlassets.layout import DATASET_PREFIX
 from mlassets.resources.storage import LakeStorage
 
-DATASET_PREFIX = "datasets/digits"
 SPLITS = ("train", "validation", "test")
 #: Cumulative percent boundaries of the hash buckets: [0, 80) train, [80, 90) validation.
 _BOUNDS = (80, 90)

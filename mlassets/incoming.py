@@ -44,9 +44,9 @@ from mlassets.adf import PipelineRunResult
 from mlassets.embedded.copy_engine import json_quote
 from mlassets.events import QUARANTINE_SCHEMA, RAW_EVENT_SCHEMA, Decoded, decode_events
 from mlassets.landing import LANDED_PREFIX, QUARANTINE_PREFIX
+from mlassets.layout import INCOMING_PREFIX
 from mlassets.resources.storage import LakeStorage
 
-INCOMING_PREFIX = "incoming"
 INCOMING_PARTITION = "incoming"
 PIPELINE = "copy_incoming_to_landed"
 STAGING_FOLDER = "staging/incoming"

@@ -16,9 +16,9 @@ from mlassets import cdc
 from mlassets.datasets import latest_per_sample
 from mlassets.events import LANDED_SCHEMA, PIXELS
 from mlassets.landing import LANDED_PREFIX
+from mlassets.layout import PREDICTIONS_PREFIX
 from mlassets.resources.storage import LakeStorage
 
-PREDICTIONS_PREFIX = "predictions"
 MODEL_KEY = dg.AssetKey("digit_classifier")
 ACCURACY_CHECK = dg.AssetCheckKey(MODEL_KEY, "test_accuracy")
 

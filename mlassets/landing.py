@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 from mlassets.events import decode_events
+from mlassets.layout import LANDED_PREFIX, QUARANTINE_PREFIX
 from mlassets.resources.eventhub import EventHubResource
 from mlassets.resources.storage import LakeStorage
 
-LANDED_PREFIX = "landed/events"
-QUARANTINE_PREFIX = "quarantine/events"
 _FILE = re.compile(r"partition=(?P<p>[^/]+)/seq=(?P<first>\d+)-(?P<last>\d+)\.parquet$")
 
 

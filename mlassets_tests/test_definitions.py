@@ -37,6 +37,17 @@ def test_loading_the_code_location_imports_neither_tensorflow_nor_horovod():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_loading_the_code_location_leaves_data_libraries_for_the_runs_that_use_them():
+    # Every Dagster process loads the code location; only runs touch rows (see benchmarks/).
+    probe = (
+        "import sys, mlassets.definitions; "
+        "loaded = [m for m in ('pyarrow', 'numpy', 'sqlalchemy', 'fsspec', 'deltalake') "
+        "if m in sys.modules]; assert not loaded, loaded"
+    )
+    result = run([PY, "-c", probe])
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_dagster_validates_the_definitions_from_pyproject_and_workspace(dagster_home, data_dir):
     result = run([f"{BIN}/dagster", "definitions", "validate"])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

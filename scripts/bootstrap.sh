@@ -16,7 +16,7 @@ PYTHON=${PYTHON:-python3.11}
 TF_VERSION=2.17.1
 TF_KERAS_VERSION=2.17.0
 HOROVOD_VERSION=0.28.1
-CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/mlassets
+CACHE=${MLASSETS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlassets}
 WHEELS=$CACHE/wheels/horovod-$HOROVOD_VERSION-tf-$TF_VERSION
 WITH_TESTS=0
 [ "${1:-}" = "--tests" ] && WITH_TESTS=1
@@ -33,7 +33,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-PIP=("$PY" -m pip --disable-pip-version-check -q)
+# pip, minus one warning some machines' global pip config (extra indexes that do not hold a
+# package) prints for every package; everything else pip says goes through.
+pip_() {
+  "$PY" -m pip --disable-pip-version-check -q "$@" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+PIP=(pip_)
 CONSTRAINTS=(-c "$ROOT/constraints.txt")
 
 if ! "$PY" -c "import setuptools, wheel, cmake" >/dev/null 2>&1; then
@@ -50,9 +56,11 @@ if ! "$PY" -c "import horovod.tensorflow" >/dev/null 2>&1; then
   if ! ls "$WHEELS"/horovod-"$HOROVOD_VERSION"-*.whl >/dev/null 2>&1; then
     say "building Horovod $HOROVOD_VERSION against TensorFlow $TF_VERSION with Gloo (5-8 minutes, once per machine)"
     mkdir -p "$WHEELS"
-    HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
-    HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
+    (
+      export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+        HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
       "${PIP[@]}" wheel --no-deps --no-build-isolation "horovod==$HOROVOD_VERSION" -w "$WHEELS"
+    )
   fi
   say "installing Horovod from $WHEELS"
   "${PIP[@]}" install "${CONSTRAINTS[@]}" "$WHEELS"/horovod-"$HOROVOD_VERSION"-*.whl

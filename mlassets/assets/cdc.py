@@ -5,14 +5,18 @@ can act on, and report what happened as metadata.
 """
 
 import dagster as dg
-import pyarrow.compute as pc
 from pydantic import Field
 
-from mlassets import cdc
-from mlassets.adf import PipelineRunError
+from mlassets.layout import CDC_PREFIX, LABELS_PATH
+from mlassets.lazy import lazy
 from mlassets.resources.datafactory import DataFactoryResource, run_metadata
 from mlassets.resources.labels_db import CdcNotEnabledError, LabelsDatabase
 from mlassets.resources.storage import LakeStorage
+
+# Loaded when a run or tick needs them, not when the code location loads.
+pc = lazy("pyarrow.compute")
+cdc = lazy("mlassets.cdc")
+adf = lazy("mlassets.adf")
 
 #: One sync at a time (dagster_home/dagster.yaml): batches are resolved against the lake.
 LABELS_POOL_TAG = {"mlassets/pool": "labels"}
@@ -34,7 +38,7 @@ class CaptureConfig(dg.Config):
     name="cdc_deltas",
     group_name="labels",
     description="Changes of the labels table (Azure SQL CDC, or the embedded twin's), one "
-    f"Parquet batch per LSN range under `{cdc.CDC_PREFIX}/`: operation, LSN and the row.",
+    f"Parquet batch per LSN range under `{CDC_PREFIX}/`: operation, LSN and the row.",
     kinds={"parquet", "sql"},
     tags={"mlassets/role": "lake"},
     op_tags=LABELS_POOL_TAG,
@@ -68,7 +72,7 @@ def cdc_deltas(
     )
 
 
-def capture_metadata(result: cdc.CaptureResult, lake: LakeStorage) -> dict:
+def capture_metadata(result: "cdc.CaptureResult", lake: LakeStorage) -> dict:
     ops = result.operations()
     rows = result.rows
     first, last = (result.batches[0], result.batches[-1]) if result.batches else (None, None)
@@ -120,7 +124,7 @@ def capture_metadata(result: cdc.CaptureResult, lake: LakeStorage) -> dict:
         ),
         # Read by the asset checks: exactly the batches this materialization wrote.
         "files": dg.MetadataValue.json([b.range.path for b in result.batches]),
-        "lake_path": dg.MetadataValue.path(lake.uri(cdc.CDC_PREFIX)),
+        "lake_path": dg.MetadataValue.path(lake.uri(CDC_PREFIX)),
     }
 
 
@@ -136,7 +140,7 @@ class LabelsConfig(dg.Config):
     name="labels",
     deps=[cdc_deltas],
     group_name="labels",
-    description=f"The current label of every sample as a Delta Lake table (`{cdc.LABELS_PATH}`), "
+    description=f"The current label of every sample as a Delta Lake table (`{LABELS_PATH}`), "
     "equal to the source table: built from a full snapshot, then kept equal by MERGE-ing the "
     "change batches in LSN order (last change per key wins, deletes remove).",
     kinds={"deltalake", "azure"},
@@ -161,7 +165,7 @@ def labels(
     if state is None or config.resnapshot:
         try:
             snapshot = cdc.snapshot_labels(labels_db, lake, data_factory, context.log)
-        except PipelineRunError as exc:
+        except adf.PipelineRunError as exc:
             raise dg.Failure(description=str(exc), metadata=run_metadata(exc.result)) from exc
         version = cdc.load_snapshot(lake, snapshot, replace=exists)
         context.log.info(
@@ -191,9 +195,9 @@ def labels(
 
 
 def labels_metadata(
-    lake: LakeStorage, applied: cdc.ApplyResult, snapshot: cdc.LabelsSnapshot | None
+    lake: LakeStorage, applied: "cdc.ApplyResult", snapshot: "cdc.LabelsSnapshot | None"
 ) -> dict:
-    dt = lake.delta_table(cdc.LABELS_PATH)
+    dt = lake.delta_table(LABELS_PATH)
     rows = cdc.labels_row_count(dt)
     counts = pc.value_counts(dt.to_pyarrow_table(columns=["label"])["label"])
     by_label = sorted(
@@ -230,7 +234,7 @@ def labels_metadata(
             ),
         ),
         "seconds": dg.MetadataValue.float(round(applied.seconds, 3)),
-        "path": dg.MetadataValue.path(lake.uri(cdc.LABELS_PATH)),
+        "path": dg.MetadataValue.path(lake.uri(LABELS_PATH)),
     }
 
 

@@ -1,24 +1,21 @@
 """`training_dataset`: landed events ⨝ current labels, split by a stable hash, versioned."""
 
 import dagster as dg
-import numpy as np
-import pyarrow.compute as pc
 
-from mlassets import cdc, settings
+from mlassets import settings
 from mlassets.assets.cdc import labels
 from mlassets.assets.ingestion import landed_events
-from mlassets.datasets import (
-    DATASET_SCHEMA,
-    SPLITS,
-    build_dataset,
-    dataset_dir,
-    pixel_histogram,
-    read_split,
-    write_dataset,
-)
-from mlassets.events import LANDED_SCHEMA
-from mlassets.landing import LANDED_PREFIX, EventRange
+from mlassets.layout import LABELS_PATH
+from mlassets.lazy import lazy
 from mlassets.resources.storage import LakeStorage
+
+# Loaded when a run or tick needs them, not when the code location loads.
+np = lazy("numpy")
+pc = lazy("pyarrow.compute")
+cdc = lazy("mlassets.cdc")
+datasets = lazy("mlassets.datasets")
+events = lazy("mlassets.events")
+landing = lazy("mlassets.landing")
 
 
 def min_class_rows() -> int:
@@ -35,47 +32,47 @@ def min_class_rows() -> int:
     kinds={"parquet"},
 )
 def training_dataset(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg.MaterializeResult:
-    files = lake.glob(f"{LANDED_PREFIX}/partition=*/*.parquet")
+    files = lake.glob(f"{landing.LANDED_PREFIX}/partition=*/*.parquet")
     columns = ["sample_id", "pixels", "captured_at", "sequence_number"]
-    events = lake.read_parquet(files, columns=columns, schema=LANDED_SCHEMA)
+    landed = lake.read_parquet(files, columns=columns, schema=events.LANDED_SCHEMA)
     current = cdc.read_labels_table(lake, columns=["sample_id", "label"])
-    labels_table = lake.delta_table(cdc.LABELS_PATH)
-    dataset = build_dataset(events, current)
-    written = write_dataset(lake, dataset)
+    labels_table = lake.delta_table(LABELS_PATH)
+    dataset = datasets.build_dataset(landed, current)
+    written = datasets.write_dataset(lake, dataset)
     histogram = dataset.class_histogram()
-    rows = {name: int(sum(histogram[name])) for name in SPLITS}
+    rows = {name: int(sum(histogram[name])) for name in datasets.SPLITS}
     context.log.info(
         f"dataset {dataset.version}: {rows['train']} train, {rows['validation']} validation, "
-        f"{rows['test']} test rows from {events.num_rows} landed events and "
+        f"{rows['test']} test rows from {landed.num_rows} landed events and "
         f"{current.num_rows} labels"
     )
     return dg.MaterializeResult(
         data_version=dg.DataVersion(dataset.version),
         metadata={
             "version": dg.MetadataValue.text(dataset.version),
-            "path": dg.MetadataValue.path(lake.uri(dataset_dir(dataset.version))),
+            "path": dg.MetadataValue.path(lake.uri(datasets.dataset_dir(dataset.version))),
             "dagster/row_count": dg.MetadataValue.int(dataset.table.num_rows),
-            **{f"{name}_rows": dg.MetadataValue.int(rows[name]) for name in SPLITS},
+            **{f"{name}_rows": dg.MetadataValue.int(rows[name]) for name in datasets.SPLITS},
             "class_histogram": dg.MetadataValue.table(
                 [
-                    dg.TableRecord({"class": c, **{s: histogram[s][c] for s in SPLITS}})
+                    dg.TableRecord({"class": c, **{s: histogram[s][c] for s in datasets.SPLITS}})
                     for c in range(10)
                 ],
                 schema=dg.TableSchema(
                     columns=[dg.TableColumn("class", "int")]
-                    + [dg.TableColumn(s, "int") for s in SPLITS]
+                    + [dg.TableColumn(s, "int") for s in datasets.SPLITS]
                 ),
             ),
             "labels_delta_version": dg.MetadataValue.int(
                 labels_table.version() if labels_table is not None else -1
             ),
             "landed_ranges": dg.MetadataValue.json(_ranges_read(files)),
-            "landed_events_read": dg.MetadataValue.int(events.num_rows),
+            "landed_events_read": dg.MetadataValue.int(landed.num_rows),
             "labels_read": dg.MetadataValue.int(current.num_rows),
             "files": dg.MetadataValue.json(written),
             # The reference distribution for the retraining sensor's drift policy.
             "pixel_histogram": dg.MetadataValue.json(
-                [round(x, 6) for x in pixel_histogram(dataset.split("train")["pixels"])]
+                [round(x, 6) for x in datasets.pixel_histogram(dataset.split("train")["pixels"])]
             ),
         },
     )
@@ -84,7 +81,7 @@ def training_dataset(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg
 def _ranges_read(files: list[str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for path in files:
-        rng = EventRange.from_path(path)
+        rng = landing.EventRange.from_path(path)
         key = rng.partition_id if rng else path.split("/")[-2]
         out.setdefault(key, []).append(f"{rng.first}-{rng.last}" if rng else path.split("/")[-1])
     return out
@@ -107,7 +104,11 @@ def training_dataset_class_balance(
     context: dg.AssetCheckExecutionContext, lake: LakeStorage
 ) -> dg.AssetCheckResult:
     version = _latest_version(context.instance)
-    train = read_split(lake, version, "train") if version else DATASET_SCHEMA.empty_table()
+    train = (
+        datasets.read_split(lake, version, "train")
+        if version
+        else datasets.DATASET_SCHEMA.empty_table()
+    )
     counts = np.bincount(train["label"].to_numpy(), minlength=10)
     short = {int(c): int(n) for c, n in enumerate(counts) if n < min_class_rows()}
     return dg.AssetCheckResult(
@@ -131,10 +132,14 @@ def training_dataset_splits_disjoint(
     context: dg.AssetCheckExecutionContext, lake: LakeStorage
 ) -> dg.AssetCheckResult:
     version = _latest_version(context.instance)
-    ids = {s: read_split(lake, version, s)["sample_id"] for s in SPLITS} if version else {}
+    ids = (
+        {s: datasets.read_split(lake, version, s)["sample_id"] for s in datasets.SPLITS}
+        if version
+        else {}
+    )
     overlaps = {}
-    for i, a in enumerate(SPLITS):
-        for b in SPLITS[i + 1 :]:
+    for i, a in enumerate(datasets.SPLITS):
+        for b in datasets.SPLITS[i + 1 :]:
             if a in ids and b in ids:
                 both = pc.is_in(ids[a], value_set=ids[b])
                 n = int(pc.sum(both).as_py() or 0)

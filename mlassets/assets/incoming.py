@@ -9,12 +9,15 @@ the rest (see `mlassets.incoming`). It records the result as a materialization o
 import dagster as dg
 from pydantic import Field
 
-from mlassets.adf import PipelineRunError
 from mlassets.assets.ingestion import LANDING_POOL_TAG, landed_events
-from mlassets.incoming import Drop, DropError, ImportResult, import_drop
-from mlassets.landing import QUARANTINE_PREFIX
+from mlassets.lazy import lazy
 from mlassets.resources.datafactory import DataFactoryResource, run_metadata
 from mlassets.resources.storage import LakeStorage
+
+# Loaded when a run or tick needs them, not when the code location loads.
+adf = lazy("mlassets.adf")
+incoming = lazy("mlassets.incoming")
+landing = lazy("mlassets.landing")
 
 
 class ImportIncomingConfig(dg.Config):
@@ -50,11 +53,11 @@ def import_incoming_drop(
     lake: LakeStorage,
 ) -> None:
     try:
-        drop = Drop.parse(config.drop_path)
-        result = import_drop(data_factory, lake, drop, config.timeout_seconds, context.log)
-    except DropError as exc:
+        drop = incoming.Drop.parse(config.drop_path)
+        result = incoming.import_drop(data_factory, lake, drop, config.timeout_seconds, context.log)
+    except incoming.DropError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
-    except PipelineRunError as exc:
+    except adf.PipelineRunError as exc:
         raise dg.Failure(description=str(exc), metadata=run_metadata(exc.result)) from exc
     context.log.info(
         f"{drop.path}: {result.staged_rows} rows copied by run {result.run.run_id} "
@@ -71,7 +74,7 @@ def import_incoming_drop(
     )
 
 
-def import_metadata(result: ImportResult, lake: LakeStorage, total: int) -> dict:
+def import_metadata(result: "incoming.ImportResult", lake: LakeStorage, total: int) -> dict:
     rows = result.landed_rows + result.quarantined_rows
     reasons = result.reasons
     return {
@@ -95,7 +98,7 @@ def import_metadata(result: ImportResult, lake: LakeStorage, total: int) -> dict
         # Read by the landed_events checks: exactly the files this import wrote.
         "files": dg.MetadataValue.json([result.drop.landed_path]),
         "lake_path": dg.MetadataValue.path(lake.uri(result.drop.landed_path)),
-        "quarantine_path": dg.MetadataValue.path(lake.uri(QUARANTINE_PREFIX)),
+        "quarantine_path": dg.MetadataValue.path(lake.uri(landing.QUARANTINE_PREFIX)),
         **run_metadata(result.run),
     }
 

@@ -5,13 +5,16 @@ import time
 from datetime import UTC, datetime
 
 import dagster as dg
-import numpy as np
 
 from mlassets.assets.ingestion import landed_events
 from mlassets.assets.training import digit_classifier
-from mlassets.inference import current_model, load, predictions_dir, score, unscored_samples
+from mlassets.lazy import lazy
 from mlassets.resources.datafactory import DataFactoryResource, run_metadata
 from mlassets.resources.storage import LakeStorage
+
+# Loaded when a run or tick needs them, not when the code location loads.
+np = lazy("numpy")
+inference = lazy("mlassets.inference")
 
 
 @dg.asset(
@@ -26,21 +29,21 @@ from mlassets.resources.storage import LakeStorage
 def inference_outputs(
     context: dg.AssetExecutionContext, lake: LakeStorage, data_factory: DataFactoryResource
 ) -> dg.MaterializeResult:
-    model = current_model(context.instance)
+    model = inference.current_model(context.instance)
     if model is None:
         raise dg.Failure(
             "no digit_classifier has passed its test_accuracy check yet: train one (job "
             "train_model) before scoring"
         )
-    samples = unscored_samples(lake, model.version)
-    keras_model = load(model, lake) if samples.num_rows else None
+    samples = inference.unscored_samples(lake, model.version)
+    keras_model = inference.load(model, lake) if samples.num_rows else None
     started = time.perf_counter()
-    predictions = score(keras_model, samples, model.version)
+    predictions = inference.score(keras_model, samples, model.version)
     seconds = time.perf_counter() - started
     path = None
     if predictions.num_rows:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        path = f"{predictions_dir(model.version)}/scored-{stamp}.parquet"
+        path = f"{inference.predictions_dir(model.version)}/scored-{stamp}.parquet"
         lake.write_parquet(path, predictions)
     context.log.info(
         f"model {model.version} scored {predictions.num_rows} samples in {seconds:.2f}s"
@@ -49,10 +52,13 @@ def inference_outputs(
     # The upsert is keyed by (sample_id, model_version), so exporting the model's whole
     # folder again is idempotent and also heals an export that failed after scoring.
     export_meta = {}
-    if lake.glob(f"{predictions_dir(model.version)}/*.parquet"):
+    if lake.glob(f"{inference.predictions_dir(model.version)}/*.parquet"):
         export = data_factory.run_pipeline(
             "export_predictions",
-            {"sourceFolder": predictions_dir(model.version), "targetTable": "predictions"},
+            {
+                "sourceFolder": inference.predictions_dir(model.version),
+                "targetTable": "predictions",
+            },
             log=context.log,
         )
         export_meta = run_metadata(export, prefix="export_")
@@ -78,7 +84,7 @@ def inference_outputs(
                     columns=[dg.TableColumn("class", "int"), dg.TableColumn("rows", "int")]
                 ),
             ),
-            "path": dg.MetadataValue.path(lake.uri(predictions_dir(model.version))),
+            "path": dg.MetadataValue.path(lake.uri(inference.predictions_dir(model.version))),
             **export_meta,
         },
     )

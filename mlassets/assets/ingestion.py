@@ -2,23 +2,17 @@
 
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from mlassets import settings
-from mlassets.landing import (
-    LANDED_PREFIX,
-    QUARANTINE_PREFIX,
-    EventRange,
-    LandingResult,
-    backlog,
-    land_range,
-    landed_ranges,
-    resolve,
-    watermarks,
-)
+from mlassets.layout import LANDED_PREFIX, QUARANTINE_PREFIX
 from mlassets.resources.eventhub import EventHubResource, PartitionProperties
 from mlassets.resources.storage import LakeStorage
+
+if TYPE_CHECKING:
+    from mlassets.landing import LandingResult
 
 LANDING_POOL_TAG = {"mlassets/pool": "landing"}
 
@@ -36,6 +30,8 @@ def _hub_state_version(marks: dict[str, int]) -> dg.DataVersion:
     tags={"mlassets/role": "event-source"},
 )
 def raw_events(event_hub: EventHubResource, lake: LakeStorage) -> dg.ObserveResult:
+    from mlassets.landing import landed_ranges, watermarks
+
     return observe_hub(
         event_hub.hub_name, event_hub.all_partition_properties(), watermarks(landed_ranges(lake))
     )
@@ -123,6 +119,8 @@ def landed_events(
     event_hub: EventHubResource,
     lake: LakeStorage,
 ) -> dg.MaterializeResult:
+    from mlassets.landing import EventRange, backlog, land_range, landed_ranges, resolve, watermarks
+
     landed = landed_ranges(lake)
     if config.ranges:
         requested = [EventRange(r.partition_id, r.first, r.last) for r in config.ranges]
@@ -163,7 +161,9 @@ def _previous_total(context: dg.AssetExecutionContext) -> int:
     return int(value.value) if value is not None else 0
 
 
-def landing_metadata(results: list[LandingResult], lake: LakeStorage, previous_total: int) -> dict:
+def landing_metadata(
+    results: list["LandingResult"], lake: LakeStorage, previous_total: int
+) -> dict:
     landed = sum(r.landed_rows for r in results)
     quarantined = sum(r.quarantined_rows for r in results)
     seconds = sum(r.seconds for r in results)

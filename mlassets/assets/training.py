@@ -7,11 +7,11 @@ import dagster as dg
 
 from mlassets import settings
 from mlassets.assets.datasets import training_dataset
+from mlassets.layout import MODEL_PREFIX
 from mlassets.resources.storage import LakeStorage
 from mlassets.resources.training import TrainingCompute, TrainingJob
 
 TRAINING_POOL_TAG = {"mlassets/pool": "training"}
-MODEL_PREFIX = "models/digit_classifier"
 
 
 def min_test_accuracy() -> float:

@@ -16,12 +16,7 @@ range read decodes a few segments and slices them, with no per-event work in Pyt
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-import zlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,7 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mlassets.embedded.sqlite import SqliteStore
 from mlassets.events import RAW_EVENT_SCHEMA
+from mlassets.partitions import PartitionProperties, partition_for_key
 
 SEGMENT_EVENTS = 16_384
 #: What a segment holds; the partition id is implied by the row that stores it.
@@ -63,36 +60,15 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 
 
-@dataclass(frozen=True)
-class PartitionProperties:
-    """What Event Hubs' `get_partition_properties` reports, for one partition."""
-
-    partition_id: str
-    beginning_sequence_number: int
-    #: -1 while the partition has never held an event.
-    last_enqueued_sequence_number: int
-    last_enqueued_offset: int
-    last_enqueued_time: datetime | None
-    is_empty: bool
-
-
-def partition_for_key(key: str, partition_count: int) -> int:
-    """Stable across processes and machines (unlike `hash()`), so a key never moves."""
-    return zlib.crc32(key.encode("utf-8")) % partition_count
-
-
 def _now_us() -> int:
     return int(datetime.now(UTC).timestamp() * 1_000_000)
 
 
-class EventLog:
+class EventLog(SqliteStore):
     """One event hub in one SQLite file. Safe to share between threads and processes."""
 
     def __init__(self, path: str | Path, partition_count: int = 4) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._conn().executescript(_SCHEMA)  # idempotent; executescript commits by itself
+        super().__init__(path, _SCHEMA)
         with self._write() as db:
             row = db.execute("SELECT value FROM hub_meta WHERE key='partition_count'").fetchone()
             if row is None:
@@ -110,35 +86,6 @@ class EventLog:
                     f"count cannot change (asked for {partition_count})"
                 )
         self.partition_count = partition_count
-
-    # -- connections ---------------------------------------------------------------------
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            self._local.conn = conn
-        return conn
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """An IMMEDIATE transaction: writers from any process are serialized."""
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
 
     # -- reading metadata ------------------------------------------------------------------
 

@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+
+from mlassets.embedded.sqlite import SqliteStore
 
 #: Service Bus' own reason for a message it dead-letters after too many deliveries.
 MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
@@ -128,7 +128,7 @@ def _to_datetime(us: int | None) -> datetime | None:
     return datetime.fromtimestamp(us / 1e6, UTC) if us is not None else None
 
 
-class MessageQueue:
+class MessageQueue(SqliteStore):
     """One queue (and its dead-letter sub-queue) in one SQLite file; safe to share between
     threads and processes."""
 
@@ -143,41 +143,9 @@ class MessageQueue:
             raise ValueError("lock_duration_seconds must be positive")
         if max_delivery_count < 1:
             raise ValueError("max_delivery_count must be at least 1")
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock_duration_us = int(lock_duration_seconds * 1_000_000)
         self.max_delivery_count = max_delivery_count
-        self._local = threading.local()
-        self._conn().executescript(_SCHEMA)  # idempotent; executescript commits by itself
-
-    # -- connections ---------------------------------------------------------------------
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            self._local.conn = conn
-        return conn
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """An IMMEDIATE transaction: writers from any process are serialized."""
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        super().__init__(path, _SCHEMA)
 
     # -- sending ---------------------------------------------------------------------------
 

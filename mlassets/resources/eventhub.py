@@ -14,13 +14,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import UTC
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import pyarrow as pa
 from pydantic import Field, PrivateAttr
 
-from mlassets.embedded.eventlog import EventLog, PartitionProperties
-from mlassets.events import RAW_EVENT_SCHEMA, raw_events_table
+from mlassets.partitions import PartitionProperties
+
+if TYPE_CHECKING:  # the event classes load pyarrow: only the methods that move events need them
+    import pyarrow as pa
+
+    from mlassets.embedded.eventlog import EventLog
 
 __all__ = [
     "AzureEventHub",
@@ -79,11 +83,13 @@ class EmbeddedEventHub(EventHubResource):
         default=4, description="partition count, fixed when the file is created"
     )
 
-    _log: EventLog | None = PrivateAttr(default=None)
+    _log: Any = PrivateAttr(default=None)
 
     @property
     def log(self) -> EventLog:
         if self._log is None:
+            from mlassets.embedded.eventlog import EventLog
+
             self._log = EventLog(Path(self.path), self.partitions)
         return self._log
 
@@ -183,6 +189,8 @@ class AzureEventHub(EventHubResource):
 
     def read_range(self, partition_id: str, first: int, last: int) -> pa.Table:
         """Receive from `first` (inclusive) until `last` arrives, bounded by max_wait_seconds."""
+        from mlassets.events import RAW_EVENT_SCHEMA, raw_events_table
+
         begin = self.partition_properties(partition_id).beginning_sequence_number
         start = max(first, begin)
         if start > last:

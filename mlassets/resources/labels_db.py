@@ -25,6 +25,8 @@ Why SQLAlchemy Core and `text()` rather than an ORM: the statements are few, dia
 (CDC functions) and must be inspectable; the URL is the one setting that differs.
 """
 
+from __future__ import annotations
+
 import atexit
 import re
 import threading
@@ -32,17 +34,26 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import pyarrow as pa
-import pyarrow.compute as pc
-import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 
-__all__ = [
-    "CHANGE_SCHEMA",
+from mlassets.lazy import lazy
+
+# Loaded on first use: the code location defines this resource without touching a database.
+pa = lazy("pyarrow")
+pc = lazy("pyarrow.compute")
+sa = lazy("sqlalchemy")
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import sqlalchemy as sa
+
+__all__ = [  # plus CHANGE_SCHEMA and LABEL_SCHEMA, built on first use by __getattr__
     "LABEL_COLUMNS",
-    "LABEL_SCHEMA",
     "AzureSqlLabelsDatabase",
     "CdcNotEnabledError",
     "LabelsDatabase",
@@ -54,26 +65,40 @@ __all__ = [
     "next_lsn",
 ]
 
-#: The source table's columns, in order, as they land in the lake.
-LABEL_SCHEMA = pa.schema(
-    [
-        pa.field("sample_id", pa.string(), nullable=False),
-        pa.field("label", pa.int32()),
-        pa.field("labeler", pa.string()),
-        pa.field("updated_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-LABEL_COLUMNS: tuple[str, ...] = tuple(LABEL_SCHEMA.names)
+LABEL_COLUMNS: tuple[str, ...] = ("sample_id", "label", "labeler", "updated_at")
 
-#: One change row: SQL Server CDC's `__$start_lsn`, `__$seqval`, `__$operation` + the columns.
-CHANGE_SCHEMA = pa.schema(
-    [
-        pa.field("start_lsn", pa.string(), nullable=False),
-        pa.field("seqval", pa.string(), nullable=False),
-        pa.field("operation", pa.int8(), nullable=False),
-        *LABEL_SCHEMA,
-    ]
-)
+
+@cache
+def _schemas() -> tuple[pa.Schema, pa.Schema]:
+    """(LABEL_SCHEMA, CHANGE_SCHEMA), built on first use."""
+    #: The source table's columns, in order, as they land in the lake.
+    label = pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("label", pa.int32()),
+            pa.field("labeler", pa.string()),
+            pa.field("updated_at", pa.timestamp("us", tz="UTC")),
+        ]
+    )
+    #: One change row: SQL Server CDC's `__$start_lsn`, `__$seqval`, `__$operation` + columns.
+    change = pa.schema(
+        [
+            pa.field("start_lsn", pa.string(), nullable=False),
+            pa.field("seqval", pa.string(), nullable=False),
+            pa.field("operation", pa.int8(), nullable=False),
+            *label,
+        ]
+    )
+    return label, change
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: LABEL_SCHEMA and CHANGE_SCHEMA, built lazily
+    if name == "LABEL_SCHEMA":
+        return _schemas()[0]
+    if name == "CHANGE_SCHEMA":
+        return _schemas()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 OP_DELETE, OP_INSERT, OP_UPDATE_BEFORE, OP_UPDATE_AFTER = 1, 2, 3, 4
 OPERATION_NAMES = {1: "delete", 2: "insert", 3: "update_before", 4: "update_after"}
@@ -155,7 +180,7 @@ class LabelsDatabase(dg.ConfigurableResource, ABC):
     url: str = Field(description="SQLAlchemy URL of the labels database (may hold a secret)")
     fetch_rows: int = Field(default=50_000, description="rows fetched per round trip")
 
-    _engine: sa.Engine | None = PrivateAttr(default=None)
+    _engine: Any = PrivateAttr(default=None)  # sqlalchemy.Engine, created on first use
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     # -- dialect-specific ----------------------------------------------------------------
@@ -235,7 +260,7 @@ class LabelsDatabase(dg.ConfigurableResource, ABC):
         with self.engine.connect() as conn:
             result = conn.execute(self.changes_statement(), params)
             while rows := result.fetchmany(self.fetch_rows):
-                yield rows_to_table(rows, CHANGE_SCHEMA)
+                yield rows_to_table(rows, _schemas()[1])
 
     def read_labels(self) -> pa.Table:
         """`SELECT * FROM labels` as LABEL_SCHEMA (a full snapshot, unordered)."""
@@ -246,8 +271,8 @@ class LabelsDatabase(dg.ConfigurableResource, ABC):
                 sa.text(f"SELECT {', '.join(LABEL_COLUMNS)} FROM {self.table_sql}")
             )
             while rows := result.fetchmany(self.fetch_rows):
-                chunks.append(rows_to_table(rows, LABEL_SCHEMA))
-        return pa.concat_tables(chunks) if chunks else LABEL_SCHEMA.empty_table()
+                chunks.append(rows_to_table(rows, _schemas()[0]))
+        return pa.concat_tables(chunks) if chunks else _schemas()[0].empty_table()
 
     def count_labels(self) -> int:
         self._prepare()
@@ -627,7 +652,8 @@ def _use_entra_token(engine: sa.Engine) -> None:
 
 def labels_database_class(url: str) -> type[LabelsDatabase]:
     """The implementation that speaks this URL's dialect."""
-    backend = sa.make_url(url).get_backend_name()
+    # The URL's scheme names the dialect (`dialect+driver://`): no need to load SQLAlchemy.
+    backend = url.split(":", 1)[0].split("+", 1)[0].lower()
     if backend == "sqlite":
         return SqliteLabelsDatabase
     if backend == "mssql":

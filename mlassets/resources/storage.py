@@ -20,13 +20,21 @@ import posixpath
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import dagster as dg
-import fsspec
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field, PrivateAttr
+
+from mlassets.lazy import lazy
+
+fsspec = lazy("fsspec")
+pa = lazy("pyarrow")
+pq = lazy("pyarrow.parquet")
+
+if TYPE_CHECKING:
+    import fsspec
+    import pyarrow as pa
 
 
 @dataclass(frozen=True)

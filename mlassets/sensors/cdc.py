@@ -13,10 +13,13 @@ and the run they trigger captures an empty batch (cheap, and it keeps the waterm
 
 import dagster as dg
 
-from mlassets import cdc
 from mlassets.assets.cdc import LABELS_POOL_TAG, sync_labels
+from mlassets.lazy import lazy
 from mlassets.resources.labels_db import LabelsDatabase
 from mlassets.resources.storage import LakeStorage
+
+# Loaded when a run or tick needs them, not when the code location loads.
+cdc = lazy("mlassets.cdc")
 
 
 def plan_request(cursor: str | None, max_lsn: str | None) -> tuple[dg.RunRequest | None, str]:

@@ -16,11 +16,14 @@ import dagster as dg
 
 from mlassets import settings
 from mlassets.assets.ingestion import LANDING_POOL_TAG, ingest_events, observe_hub, raw_events
-from mlassets.landing import landed_ranges, split, watermarks
+
+#: Enough to drain a large backlog in a few ticks without flooding the run queue.
+from mlassets.lazy import lazy
 from mlassets.resources.eventhub import EventHubResource
 from mlassets.resources.storage import LakeStorage
 
-#: Enough to drain a large backlog in a few ticks without flooding the run queue.
+# Loaded when a run or tick needs them, not when the code location loads.
+landing = lazy("mlassets.landing")
 MAX_RUNS_PER_TICK = 32
 
 
@@ -36,7 +39,9 @@ def plan_requests(
     new_cursor = dict(cursor)
     for props in partitions:
         start = max(cursor.get(props.partition_id, -1) + 1, props.beginning_sequence_number)
-        for rng in split(props.partition_id, start, props.last_enqueued_sequence_number, max_range):
+        for rng in landing.split(
+            props.partition_id, start, props.last_enqueued_sequence_number, max_range
+        ):
             if len(requests) >= max_runs:
                 return requests, new_cursor
             requests.append(
@@ -82,7 +87,7 @@ def eventhub_sensor(
     if context.cursor:
         cursor = {str(k): int(v) for k, v in json.loads(context.cursor).items()}
     else:
-        cursor = watermarks(landed_ranges(lake))
+        cursor = landing.watermarks(landing.landed_ranges(lake))
     partitions = event_hub.all_partition_properties()
     requests, new_cursor = plan_requests(
         cursor, partitions, event_hub.hub_name, settings.max_range_events()

@@ -20,9 +20,12 @@ import dagster as dg
 
 from mlassets import settings
 from mlassets.assets.training import TRAINING_POOL_TAG, train_model
-from mlassets.datasets import pixel_histogram, population_stability_index
-from mlassets.events import LANDED_SCHEMA
+from mlassets.lazy import lazy
 from mlassets.resources.storage import LakeStorage
+
+# Loaded when a run or tick needs them, not when the code location loads.
+datasets = lazy("mlassets.datasets")
+events = lazy("mlassets.events")
 
 ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
@@ -115,9 +118,11 @@ def evaluate(
     cursor = {**cursor, "landed": max([cursor.get("landed", 0), *(r.storage_id for r in landings)])}
     files = [f for r in landings for f in (_meta(r).get("files") or [])]
     if reference and files:
-        recent = lake.read_parquet(files, columns=["pixels"], schema=LANDED_SCHEMA)
+        recent = lake.read_parquet(files, columns=["pixels"], schema=events.LANDED_SCHEMA)
         if recent.num_rows:
-            psi = population_stability_index(reference, pixel_histogram(recent["pixels"]))
+            psi = datasets.population_stability_index(
+                reference, datasets.pixel_histogram(recent["pixels"])
+            )
             if psi >= policy.psi:
                 return (
                     "drift",

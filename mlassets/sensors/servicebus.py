@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from mlassets.incoming import Drop, DropError
+from mlassets.lazy import lazy
 from mlassets.queue_messages import (
     BlobDrop,
     DropZone,
@@ -49,6 +49,9 @@ from mlassets.resources.servicebus import (
     ReceivedMessage,
 )
 from mlassets.resources.storage import LakeStorage
+
+# Loaded when a run or tick needs them, not when the code location loads.
+incoming = lazy("mlassets.incoming")
 
 SENSOR_NAME = "servicebus_sensor"
 RUN_KEY_TAG = "dagster/run_key"
@@ -93,8 +96,8 @@ def run_requests_for(
             requests.append(dg.RunRequest(run_key=run_key, job_name=SCORE_JOB, tags=base))
         elif isinstance(command, BlobDrop):
             try:  # what the job would refuse (an unknown file format) is refused here
-                Drop.parse(command.path)
-            except DropError as exc:
+                incoming.Drop.parse(command.path)
+            except incoming.DropError as exc:
                 raise Rejected(UNSUPPORTED_DROP, str(exc)) from None
             requests.append(
                 dg.RunRequest(
