@@ -20,6 +20,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from mlassets.partitions import PartitionProperties
+from mlassets.resources.amqp import body_bytes, text
 
 if TYPE_CHECKING:  # the event classes load pyarrow: only the methods that move events need them
     import pyarrow as pa
@@ -341,45 +342,30 @@ def _partition_properties(p: dict) -> PartitionProperties:
     )
 
 
-def _text(value: object) -> object:
-    """AMQP strings and binaries both arrive as bytes; never fail on one that is not UTF-8."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else value
-
-
 def _body_bytes(ev) -> bytes | None:
     """The event body as bytes, whatever AMQP body the producer chose: a data body (what the
     Event Hubs SDKs send) is joined; a value or sequence body is serialized, so a foreign
     producer's event is landed or quarantined instead of failing the whole range."""
-    from azure.eventhub.amqp import AmqpMessageBodyType
-
     try:
         body = ev.body
     except ValueError:  # a message without a body section
         return None
     if body is None:
         return None
-    if ev.body_type == AmqpMessageBodyType.DATA:
-        return body if isinstance(body, bytes) else b"".join(body)
-    if isinstance(body, bytes | bytearray):
-        return bytes(body)
-    if isinstance(body, str):
-        return body.encode("utf-8")
-    if ev.body_type == AmqpMessageBodyType.SEQUENCE:
-        body = list(body)
-    return json.dumps(body, default=lambda v: _text(v) if isinstance(v, bytes) else str(v)).encode()
+    return body_bytes(body, ev.body_type)
 
 
 def _event_row(ev) -> tuple:
     enqueued = ev.enqueued_time
     if enqueued is not None and enqueued.tzinfo is None:
         enqueued = enqueued.replace(tzinfo=UTC)
-    props = {str(_text(k)): _text(v) for k, v in (ev.properties or {}).items()}
+    props = {str(text(k)): text(v) for k, v in (ev.properties or {}).items()}
     key = ev.partition_key
     return (
         ev.sequence_number,
         _offset(ev.offset),
         enqueued,
-        _text(key) if key is not None else None,
+        text(key) if key is not None else None,
         json.dumps(props, sort_keys=True, default=str) if props else None,
         _body_bytes(ev),
     )

@@ -39,6 +39,7 @@ from mlassets.embedded.queue import (
     QueueCounts,
     ReceivedMessage,
 )
+from mlassets.resources.amqp import body_bytes, text
 
 __all__ = [
     "MAX_DELIVERY_COUNT_EXCEEDED",
@@ -368,48 +369,27 @@ class AzureServiceBusQueue(MessageQueueResource):
         )
 
 
-def _text(value: Any) -> Any:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else value
-
-
-def _sdk_body(message) -> bytes:
-    """The body as bytes, whatever AMQP body the sender chose (the SDKs send data bodies;
-    a value or sequence body from a foreign sender is serialized as JSON)."""
-    from azure.servicebus.amqp import AmqpMessageBodyType
-
-    body = message.body
-    if message.body_type == AmqpMessageBodyType.DATA:
-        return body if isinstance(body, bytes) else b"".join(body)
-    if isinstance(body, bytes | bytearray):
-        return bytes(body)
-    if isinstance(body, str):
-        return body.encode("utf-8")
-    if message.body_type == AmqpMessageBodyType.SEQUENCE:
-        body = list(body)
-    return json.dumps(body, default=lambda v: _text(v) if isinstance(v, bytes) else str(v)).encode()
-
-
 def _aware(value):
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 def _from_sdk(message, peeked: bool = False) -> ReceivedMessage:
     """A `ServiceBusReceivedMessage` in the platform's terms (the SDK object rides along)."""
-    props = {str(_text(k)): _text(v) for k, v in (message.application_properties or {}).items()}
+    props = {str(text(k)): text(v) for k, v in (message.application_properties or {}).items()}
     lock = message.lock_token
     mid = message.message_id
     return ReceivedMessage(
-        message_id=str(_text(mid)) if mid is not None else "",
-        body=_sdk_body(message),
+        message_id=str(text(mid)) if mid is not None else "",
+        body=body_bytes(message.body, message.body_type),
         sequence_number=message.sequence_number,
         enqueued_time=_aware(message.enqueued_time_utc),
         # The service sends DeliveryCount - 1 in the AMQP header (AMQP counts failed earlier
         # deliveries); the Python SDK passes it on as is, .NET adds 1. A received message
         # counts itself, as on the twin.
         delivery_count=(message.delivery_count or 0) + (0 if peeked else 1),
-        content_type=_text(message.content_type),
-        subject=_text(message.subject),
-        correlation_id=_text(message.correlation_id),
+        content_type=text(message.content_type),
+        subject=text(message.subject),
+        correlation_id=text(message.correlation_id),
         application_properties=props,
         lock_token=str(lock) if lock is not None and not peeked else None,
         locked_until=_aware(message.locked_until_utc),
