@@ -47,8 +47,6 @@ COPY_METRICS: tuple[str, ...] = (
 
 #: Pipeline parameters the Data Factory resource fills in when a pipeline declares them and
 #: the caller did not pass them: where the lake is (container, and prefix inside it).
-LAKE_PARAMETERS: tuple[str, ...] = ("lakeFileSystem", "lakeRoot")
-
 SUCCEEDED, FAILED, CANCELLED = "Succeeded", "Failed", "Cancelled"
 TERMINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 

@@ -50,6 +50,7 @@ from mlassets.resources.labels_db import (
     LsnBounds,
     lsn_int,
     next_lsn,
+    previous_lsn,
 )
 from mlassets.resources.storage import LakeStorage
 
@@ -140,20 +141,16 @@ def chain(ranges: Iterable[LsnRange], after: str | None = None) -> Chain:
     if not ranges:
         return Chain(gaps, overlaps)
     if after is not None and ranges[0].first > next_lsn(after):
-        gaps.append((next_lsn(after), _prev(ranges[0].first)))
+        gaps.append((next_lsn(after), previous_lsn(ranges[0].first)))
     reach = ranges[0]
     for b in ranges[1:]:
         if b.first > next_lsn(reach.last):
-            gaps.append((next_lsn(reach.last), _prev(b.first)))
+            gaps.append((next_lsn(reach.last), previous_lsn(b.first)))
         elif b.first <= reach.last:
             overlaps.append((reach, b))
         if b.last > reach.last:
             reach = b
     return Chain(gaps, overlaps)
-
-
-def _prev(lsn: str) -> str:
-    return f"{lsn_int(lsn) - 1:020x}"
 
 
 def operation_counts(changes: pa.Table) -> dict[str, int]:

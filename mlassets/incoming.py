@@ -52,8 +52,6 @@ PIPELINE = "copy_incoming_to_landed"
 STAGING_FOLDER = "staging/incoming"
 LOG_FOLDER = "logs/adf"
 FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".ndjson": "json"}
-STAGED_COLUMNS = ("sample_id", "pixels", "source", "captured_at")
-
 #: A pixels text that can go into a JSON body as it is: one flat array of numbers.
 _PLAIN_ARRAY = r"^\s*\[[\s0-9eE+\-.,]*\]\s*$"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

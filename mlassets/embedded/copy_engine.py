@@ -1785,12 +1785,6 @@ class CopyEngine:
         """Check everything the pipeline uses against the subset, before anything runs."""
         return self.validator.pipeline(pipeline)
 
-    def validate_all(self) -> list[str]:
-        names = self.artifacts.names("pipeline")
-        for name in names:
-            self.validate(name)
-        return names
-
     # -- SQL -----------------------------------------------------------------------------------
 
     def sql_engine(self) -> Any:
