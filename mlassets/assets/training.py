@@ -20,7 +20,7 @@ def min_test_accuracy() -> float:
 
 class TrainingConfig(dg.Config):
     epochs: int = 12
-    batch_size: int = 64
+    batch_size: int = 256
     learning_rate: float = 0.002
     seed: int = 1234
 

@@ -55,6 +55,11 @@ class LocalHorovod(TrainingCompute):
     """Horovod with Gloo on this machine: N local worker processes."""
 
     threads_per_worker: int = Field(default=1, description="TensorFlow intra/inter-op threads")
+    bind_to_cores: bool = Field(
+        default=True,
+        description="Pin each worker to its own cores (like `mpirun --bind-to core`) when "
+        "workers x threads fit the machine's cores",
+    )
 
     @property
     def description(self) -> str:
@@ -80,16 +85,21 @@ class LocalHorovod(TrainingCompute):
             *job.args,
         ]
 
-    def run(
-        self, context: dg.AssetExecutionContext, job: TrainingJob
-    ) -> dg.PipesClientCompletedInvocation:
+    def env(self, job: TrainingJob) -> dict[str, str]:
+        """What the workers get on top of this process's environment."""
         threads = str(self.threads_per_worker)
-        env = {
+        fits = self.workers * self.threads_per_worker <= len(os.sched_getaffinity(0))
+        return {
             **TRAINING_ENV,
             "OMP_NUM_THREADS": threads,
             "MLASSETS_TRAINING_THREADS": threads,
+            "MLASSETS_BIND_CORES": "1" if self.bind_to_cores and fits else "0",
             **job.env,
         }
-        return dg.PipesSubprocessClient(env=env).run(
+
+    def run(
+        self, context: dg.AssetExecutionContext, job: TrainingJob
+    ) -> dg.PipesClientCompletedInvocation:
+        return dg.PipesSubprocessClient(env=self.env(job)).run(
             command=self.command(job), context=context, extras=job.extras
         )

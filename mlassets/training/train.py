@@ -11,6 +11,7 @@ the same dataset, settings and worker count give the same model.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -31,7 +32,7 @@ class Args:
     dataset_version: str
     model_version: str
     epochs: int = 12
-    batch_size: int = 64
+    batch_size: int = 256
     learning_rate: float = 0.002
     seed: int = 1234
     threads: int = 1
@@ -44,6 +45,7 @@ class Metrics:
     model_path: str
     workers: int
     epochs: int
+    batch_size: int
     test_accuracy: float
     test_loss: float
     train_rows: int
@@ -58,7 +60,7 @@ def parse_args(argv: list[str]) -> Args:
     p.add_argument("--dataset-version", required=True)
     p.add_argument("--model-version", required=True)
     p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--batch-size", type=int, default=64, help="per worker")
+    p.add_argument("--batch-size", type=int, default=256, help="per worker")
     p.add_argument("--learning-rate", type=float, default=0.002, help="for one worker")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument(
@@ -97,6 +99,7 @@ class Reporter:
                 "test_loss": {"raw_value": metrics.test_loss, "type": "float"},
                 "epochs": {"raw_value": metrics.epochs, "type": "int"},
                 "workers": {"raw_value": metrics.workers, "type": "int"},
+                "batch_size_per_worker": {"raw_value": metrics.batch_size, "type": "int"},
                 "samples_per_second": {"raw_value": metrics.samples_per_second, "type": "float"},
                 "train_rows": {"raw_value": metrics.train_rows, "type": "int"},
                 "training_seconds": {"raw_value": round(metrics.seconds, 2), "type": "float"},
@@ -129,13 +132,37 @@ def _arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return to_features(pixels), table["label"].to_numpy().astype(np.int32)
 
 
-def train(args: Args) -> Metrics | None:
-    import horovod.tensorflow as hvd
-    import tensorflow as tf
+def bind_to_cores() -> list[int] | None:
+    """Pin this rank to its own cores when the launcher asks (MLASSETS_BIND_CORES=1), like
+    `mpirun --bind-to core`.
 
+    Unpinned, the ranks' threads and Horovod's background threads migrate onto each other's
+    cores and every synchronous step waits for the slowest; pinned, each rank keeps a core
+    warm. Every thread that exists now is pinned, and threads started later (TensorFlow's,
+    Horovod's, Gloo's) inherit it, so call this before importing TensorFlow.
+    """
+    if os.environ.get("MLASSETS_BIND_CORES") != "1":
+        return None
+    local_rank = int(os.environ.get("HOROVOD_LOCAL_RANK", "0"))
+    threads = max(1, int(os.environ.get("MLASSETS_TRAINING_THREADS", "1")))
+    available = sorted(os.sched_getaffinity(0))
+    cores = available[local_rank * threads : (local_rank + 1) * threads]
+    if len(cores) < threads:  # more ranks than cores: leave the scheduler to it
+        return None
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), cores)
+    return cores
+
+
+def train(args: Args) -> Metrics | None:
     from mlassets.datasets import dataset_dir, read_split
     from mlassets.resources.storage import LakeStorage
     from mlassets.training.model import build_model
+
+    cores = bind_to_cores()
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
 
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
@@ -148,6 +175,10 @@ def train(args: Args) -> Metrics | None:
     tf.keras.utils.set_random_seed(args.seed)
     reporter = Reporter(rank)
     try:
+        reporter.log(
+            f"{size} workers x {args.threads} threads"
+            + (f", rank 0 bound to cores {cores}" if cores else "")
+        )
         lake = LakeStorage(
             url=args.lake_url,
             connection_string=os.environ.get("MLASSETS_STORAGE_CONNECTION_STRING"),
@@ -180,7 +211,8 @@ def train(args: Args) -> Metrics | None:
             with tf.GradientTape() as tape:
                 logits = model(xb, training=True)
                 loss = loss_fn(yb, logits)
-            tape = hvd.DistributedGradientTape(tape)
+            # One group: all gradients travel in one fused allreduce, one negotiation per step.
+            tape = hvd.DistributedGradientTape(tape, num_groups=1)
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             if first:  # after the first step, so the optimizer's slots exist too
@@ -190,26 +222,41 @@ def train(args: Args) -> Metrics | None:
             loss_sum.assign_add(tf.cast(loss, tf.float64))
             correct_sum.assign_add(tf.reduce_sum(tf.cast(hits, tf.float64)))
 
-        # Equal step counts on every rank, or the allreduce of the longest one never returns.
-        local_steps = len(x) // args.batch_size
-        steps = int(hvd.allreduce(tf.constant(local_steps), op=hvd.Min).numpy())
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int64)])
+        def train_steps(batches):
+            """A whole epoch in one graph: no trip through Python between steps."""
+            for i in tf.range(tf.shape(batches)[0]):
+                step(batches[i], False)
+
+        # Equal step counts on every rank, or the allreduce of the longest one never returns;
+        # a dataset smaller than a batch per rank trains on smaller batches instead of failing.
+        fewest = int(hvd.allreduce(tf.constant(len(x)), op=hvd.Min).numpy())
         train_rows = int(hvd.allreduce(tf.constant(len(x)), op=hvd.Sum).numpy())
-        if steps == 0:
+        if fewest == 0:
             raise ValueError(
-                f"rank {rank} has {len(x)} training rows, fewer than one batch of {args.batch_size}"
+                f"a worker has no training rows ({train_rows} rows for {size} workers)"
             )
+        batch_size = min(args.batch_size, fewest)
+        if batch_size < args.batch_size:
+            reporter.log(
+                f"batch size {batch_size} per worker instead of {args.batch_size}: "
+                f"a worker has only {fewest} training rows"
+            )
+        steps = fewest // batch_size
         rng = np.random.default_rng(args.seed + rank)
         history: list[dict] = []
         started = time.perf_counter()
         first = True
         for epoch in range(1, args.epochs + 1):
             t0 = time.perf_counter()
-            batches = rng.permutation(len(x))[: steps * args.batch_size].reshape(steps, -1)
+            batches = rng.permutation(len(x))[: steps * batch_size].reshape(steps, -1)
             loss_sum.assign(0.0)
             correct_sum.assign(0.0)
-            for idx in tf.constant(batches):
-                step(idx, first)
-                first = False
+            batches = tf.constant(batches)
+            if first:  # the first step also broadcasts rank 0's variables
+                step(batches[0], True)
+                batches, first = batches[1:], False
+            train_steps(batches)
             val_correct = float(
                 tf.reduce_sum(
                     tf.cast(
@@ -225,7 +272,7 @@ def train(args: Args) -> Metrics | None:
                     [
                         float(loss_sum.numpy()),
                         float(correct_sum.numpy()),
-                        float(steps * args.batch_size),
+                        float(steps * batch_size),
                         val_correct,
                         float(len(x_val)),
                     ],
@@ -251,7 +298,9 @@ def train(args: Args) -> Metrics | None:
 
         metrics = None
         if rank == 0:
-            metrics = _finish(args, lake, model, loss_fn, history, seconds, size, train_rows)
+            metrics = _finish(
+                args, lake, model, loss_fn, history, seconds, size, train_rows, batch_size
+            )
             reporter.log(
                 f"test accuracy {metrics.test_accuracy:.4f} (loss {metrics.test_loss:.4f}); "
                 f"model saved to {metrics.model_path}"
@@ -265,7 +314,7 @@ def train(args: Args) -> Metrics | None:
         raise
 
 
-def _finish(args, lake, model, loss_fn, history, seconds, size, train_rows) -> Metrics:
+def _finish(args, lake, model, loss_fn, history, seconds, size, train_rows, batch_size) -> Metrics:
     """Rank 0: test-set evaluation, then the model and its metrics into the lake."""
     from mlassets.datasets import read_split
 
@@ -285,6 +334,7 @@ def _finish(args, lake, model, loss_fn, history, seconds, size, train_rows) -> M
         model_path=lake.uri(f"{model_dir}/model.keras"),
         workers=size,
         epochs=args.epochs,
+        batch_size=batch_size,
         test_accuracy=test_accuracy,
         test_loss=test_loss,
         train_rows=train_rows,
