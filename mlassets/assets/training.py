@@ -4,6 +4,7 @@ blocking accuracy check."""
 from datetime import UTC, datetime
 
 import dagster as dg
+from pydantic import Field
 
 from mlassets import settings
 from mlassets.assets.datasets import training_dataset
@@ -19,10 +20,15 @@ def min_test_accuracy() -> float:
 
 
 class TrainingConfig(dg.Config):
-    epochs: int = 12
-    batch_size: int = 256
-    learning_rate: float = 0.002
-    seed: int = 1234
+    epochs: int = Field(default=12, description="passes over the training split")
+    batch_size: int = Field(
+        default=256,
+        description="samples per worker per step; larger steps scale better across workers",
+    )
+    learning_rate: float = Field(
+        default=0.002, description="Adam learning rate for one worker, scaled by the worker count"
+    )
+    seed: int = Field(default=1234, description="same dataset, config and workers: same model")
 
 
 def model_version(dataset_version: str, now: datetime | None = None) -> str:
