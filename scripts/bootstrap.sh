@@ -3,7 +3,7 @@
 # already there and does only what is missing.
 #
 #   scripts/bootstrap.sh            virtualenv + TensorFlow + Horovod + the package
-#   scripts/bootstrap.sh --tests    ... plus test tools and Azurite (npm)
+#   scripts/bootstrap.sh --tests    ... plus test tools, Azurite (npm), Chromium (Debian)
 #
 # Order matters: Horovod compiles against the TensorFlow that is installed, so TensorFlow
 # goes in first and is pinned exactly; the built Horovod wheel is cached per TensorFlow
@@ -81,5 +81,17 @@ if [ "$WITH_TESTS" = 1 ]; then
     command -v npm >/dev/null 2>&1 || { echo "the tests need npm (Node.js) for Azurite" >&2; exit 1; }
     say "installing Azurite from npm"
     (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  # The UI tests drive a real browser: Debian's Chromium with its matching ChromeDriver.
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+      say "installing Chromium and ChromeDriver from Debian (UI tests)"
+      sudo_=(); [ "$(id -u)" = 0 ] || sudo_=(sudo)
+      "${sudo_[@]}" apt-get update -qq
+      "${sudo_[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        chromium chromium-driver >/dev/null
+    else
+      say "no apt-get: install Chromium and ChromeDriver yourself, or the UI tests are skipped"
+    fi
   fi
 fi
