@@ -19,6 +19,16 @@ import pytest
 from mlassets.settings import PROJECT_ROOT
 
 BIN = os.path.dirname(sys.executable)
+ASSETS = (
+    "raw_events",
+    "landed_events",
+    "cdc_deltas",
+    "labels",
+    "training_dataset",
+    "digit_classifier",
+    "inference_outputs",
+)
+SENSORS = ("eventhub_sensor", "labels_cdc_sensor", "servicebus_sensor", "retraining_sensor")
 QUERY = """
 {
   assetNodes { assetKey { path } groupName }
@@ -101,15 +111,7 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 def test_the_webserver_shows_the_graph_from_the_project_root(webserver):
     data = _graphql(webserver, QUERY)
     assets = {"/".join(n["assetKey"]["path"]): n["groupName"] for n in data["assetNodes"]}
-    assert set(assets) == {
-        "raw_events",
-        "landed_events",
-        "cdc_deltas",
-        "labels",
-        "training_dataset",
-        "digit_classifier",
-        "inference_outputs",
-    }
+    assert set(assets) == set(ASSETS)
     (location,) = data["workspaceOrError"]["locationEntries"]
     assert location["name"] == "mlassets"
     (repo,) = location["locationOrLoadError"]["repositories"]
@@ -122,12 +124,7 @@ def test_the_webserver_shows_the_graph_from_the_project_root(webserver):
         "import_incoming",
         "end_to_end",
     } <= jobs
-    assert {s["name"] for s in repo["sensors"]} == {
-        "eventhub_sensor",
-        "labels_cdc_sensor",
-        "servicebus_sensor",
-        "retraining_sensor",
-    }
+    assert {s["name"] for s in repo["sensors"]} == set(SENSORS)
 
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -175,17 +172,7 @@ def _open(browser, port: int, path: str, *expected: str) -> str:
 
 @pytest.mark.slow
 def test_the_catalog_lists_every_asset_with_its_description(webserver, browser):
-    text = _open(
-        browser,
-        webserver,
-        "/assets",
-        "landed_events",
-        "cdc_deltas",
-        "labels",
-        "training_dataset",
-        "digit_classifier",
-        "inference_outputs",
-    )
+    text = _open(browser, webserver, "/assets", *ASSETS)
     assert "A small CNN for 8x8 digits trained with Horovod" in text
 
 
@@ -196,15 +183,7 @@ def test_the_lineage_page_shows_the_four_groups(webserver, browser):
 
 @pytest.mark.slow
 def test_the_automation_page_lists_the_sensors(webserver, browser):
-    _open(
-        browser,
-        webserver,
-        "/automation",
-        "eventhub_sensor",
-        "labels_cdc_sensor",
-        "servicebus_sensor",
-        "retraining_sensor",
-    )
+    _open(browser, webserver, "/automation", *SENSORS)
 
 
 @pytest.mark.slow
