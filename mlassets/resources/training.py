@@ -88,7 +88,8 @@ class LocalHorovod(TrainingCompute):
     def env(self, job: TrainingJob) -> dict[str, str]:
         """What the workers get on top of this process's environment."""
         threads = str(self.threads_per_worker)
-        fits = self.workers * self.threads_per_worker <= len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+        fits = self.workers * self.threads_per_worker <= cores  # Linux only: no affinity API
         return {
             **TRAINING_ENV,
             "OMP_NUM_THREADS": threads,

@@ -144,7 +144,7 @@ def bind_to_cores() -> list[int] | None:
     warm. Every thread that exists now is pinned, and threads started later (TensorFlow's,
     Horovod's, Gloo's) inherit it, so call this before importing TensorFlow.
     """
-    if os.environ.get("MLASSETS_BIND_CORES") != "1":
+    if os.environ.get("MLASSETS_BIND_CORES") != "1" or not hasattr(os, "sched_setaffinity"):
         return None
     local_rank = int(os.environ.get("HOROVOD_LOCAL_RANK", "0"))
     threads = max(1, int(os.environ.get("MLASSETS_TRAINING_THREADS", "1")))
