@@ -14,7 +14,8 @@ from mlassets.resources.storage import LakeStorage
 from mlassets.resources.training import LocalHorovod, TrainingJob
 from mlassets.simulate import make_events
 
-CORES = sorted(os.sched_getaffinity(0))
+CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+linux_only = pytest.mark.skipif(not CORES, reason="CPU affinity is a Linux API")
 
 #: Starts a thread, pins, starts another: prints the cores of every thread of the process.
 PROBE = """
@@ -49,6 +50,7 @@ def test_a_bound_rank_pins_every_thread_to_its_own_core_including_threads_starte
     assert all(cores == [CORES[1]] for cores in seen["threads"].values())
 
 
+@linux_only
 def test_an_unbound_rank_or_one_without_cores_of_its_own_is_left_to_the_scheduler():
     assert _probe()["cores"] is None
     beyond = str(len(CORES))  # rank N of a machine with N cores
@@ -57,6 +59,7 @@ def test_an_unbound_rank_or_one_without_cores_of_its_own_is_left_to_the_schedule
     assert all(cores == CORES for cores in seen["threads"].values())
 
 
+@linux_only
 def test_local_horovod_binds_workers_only_when_they_fit_the_machine():
     job = TrainingJob(module="mlassets.training.train", args=[], env={"EXTRA": "1"})
     fits = LocalHorovod(workers=len(CORES), threads_per_worker=1).env(job)
