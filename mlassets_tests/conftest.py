@@ -6,10 +6,8 @@ so tests never see each other's events, lake files or runs.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -21,6 +19,7 @@ import dagster as dg
 import pytest
 
 from mlassets.settings import PROJECT_ROOT
+from mlassets_tests.processes import free_port, stop_group
 
 AZURITE_ACCOUNT = "devstoreaccount1"
 # Azurite's published development key (not a secret: it is the same for every Azurite).
@@ -77,32 +76,13 @@ def instance(dagster_home: Path) -> Iterator[dg.DagsterInstance]:
         yield inst
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Azurite sometimes ignores SIGTERM: escalate to SIGKILL, on its whole group."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=5)
-    except (subprocess.TimeoutExpired, ProcessLookupError):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Azurite blob service on a free port; yields its connection string."""
     binary = PROJECT_ROOT / "node_modules" / ".bin" / "azurite-blob"
     if not binary.exists():
         pytest.fail("Azurite is not installed: run `make test` (it runs `npm ci`)")
-    port = _free_port()
+    port = free_port()
     workdir = tmp_path_factory.mktemp("azurite")
     log = open(workdir / "azurite.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -139,7 +119,7 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
         )
     finally:
-        _stop(proc)
+        stop_group(proc)
         log.close()
 
 

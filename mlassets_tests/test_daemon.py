@@ -1,9 +1,7 @@
 """From the project root, `dagster job launch -j ingest_events` queues a run that a real
 `dagster-daemon` runs to SUCCESS, alongside the Event Hubs sensor, without duplicating rows."""
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +11,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from mlassets.settings import PROJECT_ROOT
+from mlassets_tests.processes import stop_group
 
 BIN = os.path.dirname(sys.executable)
 
@@ -28,13 +27,7 @@ def daemon(dagster_home, data_dir):
         start_new_session=True,
     )
     yield proc
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+    stop_group(proc, grace=15)
     log.close()
 
 

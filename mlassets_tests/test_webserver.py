@@ -2,12 +2,9 @@
 location and lists its assets, jobs and sensors; in a real browser (Debian's Chromium) the UI
 shows them and launches a run."""
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from mlassets.settings import PROJECT_ROOT
+from mlassets_tests.processes import free_port, stop_group
 
 BIN = os.path.dirname(sys.executable)
 ASSETS = (
@@ -49,12 +47,6 @@ QUERY = """
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _graphql(port: int, query: str) -> dict:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/graphql",
@@ -76,7 +68,7 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     shutil.copy(PROJECT_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLASSETS_")}
     env.update(DAGSTER_HOME=str(home), MLASSETS_DATA_DIR=str(data))
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [f"{BIN}/dagster-webserver", "-h", "127.0.0.1", "-p", str(port)],
         cwd=PROJECT_ROOT,
@@ -98,13 +90,7 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
             time.sleep(1)
         yield port
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_group(proc, grace=15)
 
 
 @pytest.mark.slow
