@@ -5,9 +5,17 @@ product launches them (`LocalHorovod`: one core per worker, one fused allreduce 
 A rate is the median epoch rate after the first epoch (graph tracing, variable broadcast),
 best of REPEAT runs; 1- and 2-worker runs alternate so that a disturbed minute hits both.
 
-Rows: the product's default batch, then larger ones. Every synchronous step pays a fixed
-cost, the allreduce of the ~300 KB of gradients plus waiting for the slower rank (about
-8 ms on a 2-core VM), so efficiency grows with the work in a step.
+The data: 200k events, about 160k training rows, the size at which scaling matters (the
+demo's 6k rows train in seconds either way). Rows:
+
+- the product's defaults: the step grows with the data, here 2048 samples per worker for
+  both worker counts, computed in micro-batches of 256 (the target);
+- a fixed batch of 256, the small step the defaults choose for small datasets: every
+  synchronous step pays a fixed cost (the allreduce of the ~300 KB of gradients and waiting
+  for the slower rank, a few ms on a 2-core VM), which a 10 ms step cannot hide.
+
+Each row's note has the single-worker rate and the test accuracy of both models, so a step
+size that scales but does not learn would show.
 """
 
 from __future__ import annotations
@@ -22,37 +30,38 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks.common import Row
-from mlassets.assets.training import TrainingConfig
 from mlassets.datasets import build_dataset, write_dataset
 from mlassets.events import decode_events, raw_events_table
 from mlassets.resources.storage import LakeStorage
 from mlassets.resources.training import LocalHorovod, TrainingJob
 from mlassets.simulate import make_events
 
-#: 40k events: ~25,600 training rows, so even 2 workers at the largest batch take 6 steps an epoch.
-EVENTS = 40_000
-EPOCHS = 6
+EVENTS = 200_000
+EPOCHS = 4
 REPEAT = 2
-BATCHES = [TrainingConfig().batch_size, 512, 1024, 2048]
+#: (what the row shows, --batch-size)
+CASES = [("defaults", "auto"), ("batch 256", "256")]
 
 
-def _rate(lake: LakeStorage, version: str, workers: int, root: Path, batch: int) -> float:
+def _run(lake: LakeStorage, version: str, workers: int, root: Path, batch: str) -> dict:
     model = f"bench-{workers}-{batch}"
     job = TrainingJob(
         module="mlassets.training.train",
         args=[
             *("--lake-url", lake.url, "--dataset-version", version),
             *("--model-version", model, "--epochs", str(EPOCHS)),
-            *("--batch-size", str(batch), "--threads", "1"),
+            *("--batch-size", batch, "--threads", "1"),
         ],
     )
     compute = LocalHorovod(workers=workers, threads_per_worker=1)
     env = {**os.environ, **compute.env(job)}
     env.pop("DAGSTER_PIPES_CONTEXT", None)
     subprocess.run(compute.command(job), env=env, cwd=root, check=True, capture_output=True)
-    metrics_file = root / "lake" / "models" / "digit_classifier" / model / "metrics.json"
-    history = json.loads(metrics_file.read_text())["history"]
-    return float(np.median([h["samples_per_second"] for h in history[1:]]))
+    metrics = json.loads(
+        (root / "lake" / "models" / "digit_classifier" / model / "metrics.json").read_text()
+    )
+    metrics["rate"] = float(np.median([h["samples_per_second"] for h in metrics["history"][1:]]))
+    return metrics
 
 
 def run() -> list[Row]:
@@ -66,20 +75,34 @@ def run() -> list[Row]:
         dataset = build_dataset(landed, labels)
         write_dataset(lake, dataset)
         rows = []
-        for batch in BATCHES:
-            one, two = 0.0, 0.0
+        for label, batch in CASES:
+            best: dict[int, dict] = {}
             for _ in range(REPEAT):
-                one = max(one, _rate(lake, dataset.version, 1, root, batch))
-                two = max(two, _rate(lake, dataset.version, 2, root, batch))
-            default = " (default)" if batch == BATCHES[0] else ""
+                for workers in (1, 2):
+                    got = _run(lake, dataset.version, workers, root, batch)
+                    if workers not in best or got["rate"] > best[workers]["rate"]:
+                        best[workers] = got
+            one, two = best[1], best[2]
+            sizes = {one["batch_size"], two["batch_size"]}
+            step = (
+                "/".join(str(b) for b in sorted(sizes))
+                + " per worker"
+                + (
+                    f" in micro-batches of {two['micro_batch']}"
+                    if two["micro_batch"] < two["batch_size"]
+                    else ""
+                )
+            )
             rows.append(
                 Row(
-                    f"horovod 2 workers vs 2 x 1, batch {batch}{default}",
-                    two,
-                    2 * one,
+                    f"horovod 2 vs 2 x 1 workers, {label}",
+                    two["rate"],
+                    2 * one["rate"],
                     "sa/s",
                     0.9,
-                    note=f"1 worker: {one:,.0f} samples/s; ratio = efficiency",
+                    note=f"{step}; 1 worker: {one['rate']:,.0f} samples/s; test accuracy "
+                    f"{one['test_accuracy']:.3f} / {two['test_accuracy']:.3f}; "
+                    f"{one['train_rows']:,} training rows; ratio = efficiency",
                 )
             )
         return rows
