@@ -11,8 +11,8 @@ Built for throughput: a step's gradients go in one fused allreduce, an epoch run
 graph, and local ranks are bound to their own cores (bind_to_cores). Every step pays a fixed
 synchronous cost (the allreduce, waiting for the slowest rank), so by default the step grows
 with the data (`choose_batch_size`); on CPUs a large step is computed in cache-sized
-micro-batches under one gradient tape (`micro_batch_sizes`), so the step costs no more per
-sample than a small one and the gradient is still that of the whole batch.
+micro-batches under one gradient tape (`micro_batch_sizes`), so a sample costs about what it
+does in a small step and the gradient is still that of the whole batch.
 """
 
 from __future__ import annotations
