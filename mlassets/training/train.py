@@ -340,6 +340,19 @@ def train(args: Args) -> Metrics | None:
             loss_sum.assign_add(tf.cast(loss, tf.float64))
             correct_sum.assign_add(hits)
 
+        x_val_all, y_val_all = tf.constant(x_val), tf.constant(y_val)
+        val_parts = micro_batch_sizes(len(x_val), micro)
+
+        @tf.function
+        def validation_hits():
+            """Correct validation predictions, in one graph and in the same parts as training."""
+            hits = tf.constant(0.0, tf.float64)
+            xs, ys = tf.split(x_val_all, val_parts), tf.split(y_val_all, val_parts)
+            for xb, yb in zip(xs, ys, strict=True):
+                predicted = tf.argmax(model(xb, training=False), 1, output_type=tf.int32)
+                hits += tf.reduce_sum(tf.cast(tf.equal(predicted, yb), tf.float64))
+            return hits
+
         @tf.function(input_signature=[tf.TensorSpec([None, batch_size], tf.int64)])
         def train_steps(batches):
             """A whole epoch in one graph: no trip through Python between steps."""
@@ -360,16 +373,7 @@ def train(args: Args) -> Metrics | None:
                 step(batches[0], True)
                 batches, first = batches[1:], False
             train_steps(batches)
-            val_correct = float(
-                tf.reduce_sum(
-                    tf.cast(
-                        tf.equal(
-                            tf.argmax(model(x_val, training=False), 1, output_type=tf.int32), y_val
-                        ),
-                        tf.float32,
-                    )
-                )
-            )
+            val_correct = float(validation_hits())
             totals = hvd.allreduce(
                 tf.constant(
                     [
