@@ -37,8 +37,8 @@ from mlassets.resources.training import LocalHorovod, TrainingJob
 from mlassets.simulate import make_events
 
 EVENTS = 200_000
-EPOCHS = 4
-REPEAT = 2
+EPOCHS = 3
+REPEAT = 3
 #: (what the row shows, --batch-size)
 CASES = [("defaults", "auto"), ("batch 256", "256")]
 
