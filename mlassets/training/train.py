@@ -160,8 +160,7 @@ def mean_loss_in_parts(model, loss_fn, x, y, parts: list[int]):
 
 def micro_batch_sizes(batch_size: int, micro_batch: int) -> list[int]:
     """Split a step of `batch_size` rows into near-equal parts of at most `micro_batch` rows
-    (0: one part). Each part's mean loss is weighted by its share of the batch, so the step's
-    gradient is exactly the gradient of the whole batch's mean loss."""
+    (0: one part), for `mean_loss_in_parts`."""
     if micro_batch <= 0 or micro_batch >= batch_size:
         return [batch_size]
     parts = -(-batch_size // micro_batch)
