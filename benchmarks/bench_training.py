@@ -83,16 +83,9 @@ def run() -> list[Row]:
                     if workers not in best or got["rate"] > best[workers]["rate"]:
                         best[workers] = got
             one, two = best[1], best[2]
-            sizes = {one["batch_size"], two["batch_size"]}
-            step = (
-                "/".join(str(b) for b in sorted(sizes))
-                + " per worker"
-                + (
-                    f" in micro-batches of {two['micro_batch']}"
-                    if two["micro_batch"] < two["batch_size"]
-                    else ""
-                )
-            )
+            step = f"{one['batch_size']}/{two['batch_size']} per worker (1/2 workers)"
+            if two["micro_batch"] < two["batch_size"]:
+                step += f" in micro-batches of {two['micro_batch']}"
             rows.append(
                 Row(
                     f"horovod 2 vs 2 x 1 workers, {label}",
