@@ -2,7 +2,7 @@
 
 Both start from the same 500k-row Delta table (a fresh copy per repetition, not timed). The
 baseline (the ceiling) is one deltalake MERGE of the 100k net rows, already in memory, with
-the same clauses. The measured path is the real one, `mlassets.cdc.apply_pending`: read the
+the same clauses. The measured path is the real one, `mlassets.lib.cdc.apply_pending`: read the
 table's applied LSN from the Delta log, list the change batches, read the batch Parquet (the
 changes as CDC rows, update before-images included), drop before-images, keep the last
 change per key, MERGE, and record the applied LSN in the commit. Target: at least 0.8x the
@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks.common import Row
-from mlassets import cdc
-from mlassets.resources.labels_db import CHANGE_SCHEMA, LABEL_COLUMNS, LABEL_SCHEMA, lsn_hex
-from mlassets.resources.storage import LakeStorage
+from mlassets.lib import cdc
+from mlassets.roles.labels_db import CHANGE_SCHEMA, LABEL_COLUMNS, LABEL_SCHEMA, lsn_hex
+from mlassets.roles.storage import LakeStorage
 
 TARGET_ROWS = 500_000
 KEYS = 100_000

@@ -22,11 +22,11 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from benchmarks.common import Row, best_of
-from mlassets.events import decode_events
-from mlassets.incoming import Drop, import_drop
-from mlassets.resources.datafactory import LocalDataFactory
-from mlassets.resources.labels_db import SqliteLabelsDatabase
-from mlassets.resources.storage import LakeStorage
+from mlassets.lib.events import decode_events
+from mlassets.lib.incoming import Drop, import_drop
+from mlassets.roles.datafactory import LocalDataFactory
+from mlassets.roles.labels_db import SqliteLabelsDatabase
+from mlassets.roles.storage import LakeStorage
 from mlassets.simulate import make_events
 
 EVENTS = 200_000

@@ -15,10 +15,10 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from benchmarks.common import Row, best_of
-from mlassets.events import decode_events
-from mlassets.landing import EventRange, land_range
-from mlassets.resources.eventhub import EmbeddedEventHub
-from mlassets.resources.storage import LakeStorage
+from mlassets.lib.events import decode_events
+from mlassets.lib.landing import EventRange, land_range
+from mlassets.roles.eventhub import EmbeddedEventHub
+from mlassets.roles.storage import LakeStorage
 from mlassets.simulate import make_events
 
 EVENTS = 200_000

@@ -25,8 +25,8 @@ ROWS = 200_000
 
 
 def _throughput() -> Row:
-    from mlassets.inference import score
-    from mlassets.training.model import build_model, to_features
+    from mlassets.lib.inference import score
+    from mlassets.training_program.model import build_model, to_features
 
     model = build_model(seed=1)
     rng = np.random.default_rng(0)

@@ -30,10 +30,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from benchmarks.common import Row
-from mlassets.datasets import build_dataset, write_dataset
-from mlassets.events import decode_events, raw_events_table
-from mlassets.resources.storage import LakeStorage
-from mlassets.resources.training import LocalHorovod, TrainingJob
+from mlassets.lib.datasets import build_dataset, write_dataset
+from mlassets.lib.events import decode_events, raw_events_table
+from mlassets.roles.storage import LakeStorage
+from mlassets.roles.training import LocalHorovod, TrainingJob
 from mlassets.simulate import make_events
 
 EVENTS = 200_000
@@ -46,7 +46,7 @@ CASES = [("defaults", "auto"), ("batch 256", "256")]
 def _run(lake: LakeStorage, version: str, workers: int, root: Path, batch: str) -> dict:
     model = f"bench-{workers}-{batch}"
     job = TrainingJob(
-        module="mlassets.training.train",
+        module="mlassets.training_program.train",
         args=[
             *("--lake-url", lake.url, "--dataset-version", version),
             *("--model-version", model, "--epochs", str(EPOCHS)),

@@ -80,7 +80,7 @@ def count_predictions(url: str) -> int:
 
 def run_demo(count: int = 10_000, malformed: int = 0, seed: int | None = None) -> DemoSummary:
     from mlassets.definitions import build_definitions
-    from mlassets.deployment import resolved
+    from mlassets.defs.resources import resolved
     from mlassets.simulate import EVENT_PROPERTIES, make_events, record_truth, simulate_labels
 
     defs = build_definitions()  # resources for the environment as it is now

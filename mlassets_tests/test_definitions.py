@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from mlassets import settings
-from mlassets.deployment import build_resources
-from mlassets.resources.eventhub import AzureEventHub, EmbeddedEventHub
+from mlassets.defs.resources import build_resources
+from mlassets.roles.eventhub import AzureEventHub, EmbeddedEventHub
 from mlassets.settings import PROJECT_ROOT, MissingSettingError
 
 PY = sys.executable

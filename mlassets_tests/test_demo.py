@@ -10,7 +10,7 @@ import pyarrow.dataset as ds
 import pytest
 import sqlalchemy as sa
 
-from mlassets.inference import approved_models
+from mlassets.lib.inference import approved_models
 from mlassets.settings import PROJECT_ROOT
 
 BIN = os.path.dirname(sys.executable)

@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from mlassets.resources.labels_db import SqliteLabelsDatabase
+from mlassets.roles.labels_db import SqliteLabelsDatabase
 from mlassets.settings import PROJECT_ROOT
 from mlassets.simulate import make_events, record_truth, simulate_labels
 

@@ -1,0 +1,97 @@
+"""`inference_outputs`: predictions for unlabeled samples from the newest approved model,
+as Parquet in the lake and exported to SQL by the Data Factory `export_predictions` pipeline."""
+
+import time
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from mlassets.defs.ingestion.assets import landed_events
+from mlassets.defs.training.model import digit_classifier
+from mlassets.lib.lazy import lazy
+from mlassets.roles.datafactory import DataFactoryResource, run_metadata
+from mlassets.roles.storage import LakeStorage
+
+# Loaded when a run or tick needs them, not when the code location loads.
+np = lazy("numpy")
+inference = lazy("mlassets.lib.inference")
+
+
+@dg.asset(
+    name="inference_outputs",
+    deps=[digit_classifier, landed_events],
+    group_name="inference",
+    description="Predicted digit, probability and model version for every landed sample that has "
+    "no label and no prediction from the current model, under `predictions/model=<version>/`, "
+    "then upserted into the SQL table `predictions` by the `export_predictions` pipeline.",
+    kinds={"parquet", "tensorflow", "sql"},
+)
+def inference_outputs(
+    context: dg.AssetExecutionContext, lake: LakeStorage, data_factory: DataFactoryResource
+) -> dg.MaterializeResult:
+    model = inference.current_model(context.instance)
+    if model is None:
+        raise dg.Failure(
+            "no digit_classifier has passed its test_accuracy check yet: train one (job "
+            "train_model) before scoring"
+        )
+    samples = inference.unscored_samples(lake, model.version)
+    keras_model = inference.load(model, lake) if samples.num_rows else None
+    started = time.perf_counter()
+    predictions = inference.score(keras_model, samples, model.version)
+    seconds = time.perf_counter() - started
+    path = None
+    if predictions.num_rows:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        path = f"{inference.predictions_dir(model.version)}/scored-{stamp}.parquet"
+        lake.write_parquet(path, predictions)
+    context.log.info(
+        f"model {model.version} scored {predictions.num_rows} samples in {seconds:.2f}s"
+        + (f" -> {path}" if path else " (nothing new to score)")
+    )
+    # The upsert is keyed by (sample_id, model_version), so exporting the model's whole
+    # folder again is idempotent and also heals an export that failed after scoring.
+    export_meta = {}
+    if lake.glob(f"{inference.predictions_dir(model.version)}/*.parquet"):
+        export = data_factory.run_pipeline(
+            "export_predictions",
+            {
+                "sourceFolder": inference.predictions_dir(model.version),
+                "targetTable": "predictions",
+            },
+            log=context.log,
+        )
+        export_meta = run_metadata(export, prefix="export_")
+    classes = predictions["predicted_class"].to_numpy()
+    confidence = predictions["probability"].to_numpy()
+    counts = np.bincount(classes, minlength=10) if len(classes) else np.zeros(10, int)
+    return dg.MaterializeResult(
+        metadata={
+            "rows_scored": dg.MetadataValue.int(predictions.num_rows),
+            "model_version": dg.MetadataValue.text(model.version),
+            "model_test_accuracy": dg.MetadataValue.float(model.test_accuracy),
+            "mean_confidence": dg.MetadataValue.float(
+                float(confidence.mean()) if len(confidence) else 0.0
+            ),
+            "rows_per_second": dg.MetadataValue.float(
+                round(predictions.num_rows / seconds, 1)
+                if seconds and predictions.num_rows
+                else 0.0
+            ),
+            "class_distribution": dg.MetadataValue.table(
+                [dg.TableRecord({"class": c, "rows": int(counts[c])}) for c in range(10)],
+                schema=dg.TableSchema(
+                    columns=[dg.TableColumn("class", "int"), dg.TableColumn("rows", "int")]
+                ),
+            ),
+            "path": dg.MetadataValue.path(lake.uri(inference.predictions_dir(model.version))),
+            **export_meta,
+        },
+    )
+
+
+score_events = dg.define_asset_job(
+    "score_events",
+    selection=dg.AssetSelection.assets(inference_outputs),
+    description="Score unlabeled samples with the newest approved model and export to SQL.",
+)

@@ -1,0 +1,15 @@
+"""Ingestion: the hub observed, events landed exactly once, drops imported from `incoming/`."""
+
+import dagster as dg
+
+from mlassets.defs.ingestion.assets import ingest_events, landed_events, raw_events
+from mlassets.defs.ingestion.checks import INGESTION_CHECKS
+from mlassets.defs.ingestion.incoming import import_incoming
+from mlassets.defs.ingestion.sensors import eventhub_sensor
+
+defs = dg.Definitions(
+    assets=[raw_events, landed_events],
+    asset_checks=INGESTION_CHECKS,
+    jobs=[ingest_events, import_incoming],
+    sensors=[eventhub_sensor],
+)

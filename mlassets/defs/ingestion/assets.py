@@ -1,0 +1,231 @@
+"""Ingestion: the Event Hubs stream (`raw_events`) and its landed Parquet (`landed_events`)."""
+
+import hashlib
+import json
+from typing import TYPE_CHECKING
+
+import dagster as dg
+
+from mlassets import settings
+from mlassets.lib.layout import LANDED_PREFIX, QUARANTINE_PREFIX
+from mlassets.roles.eventhub import EventHubResource, PartitionProperties
+from mlassets.roles.storage import LakeStorage
+
+if TYPE_CHECKING:
+    from mlassets.lib.landing import LandingResult
+
+LANDING_POOL_TAG = {"mlassets/pool": "landing"}
+
+
+def _hub_state_version(marks: dict[str, int]) -> dg.DataVersion:
+    digest = hashlib.sha256(json.dumps(marks, sort_keys=True).encode()).hexdigest()[:16]
+    return dg.DataVersion(digest)
+
+
+@dg.observable_source_asset(
+    name="raw_events",
+    group_name="ingestion",
+    description="Digit events on Azure Event Hubs (or the embedded hub): per-partition last "
+    "sequence number and the backlog not landed yet.",
+    tags={"mlassets/role": "event-source"},
+)
+def raw_events(event_hub: EventHubResource, lake: LakeStorage) -> dg.ObserveResult:
+    from mlassets.lib.landing import landed_ranges, watermarks
+
+    return observe_hub(
+        event_hub.hub_name, event_hub.all_partition_properties(), watermarks(landed_ranges(lake))
+    )
+
+
+def observe_hub(
+    hub_name: str,
+    partitions: list[PartitionProperties],
+    progress: dict[str, int],
+    progress_label: str = "landed_through",
+) -> dg.ObserveResult:
+    """From partition properties only: the cost does not grow with the backlog.
+
+    `progress` is the last sequence number handled per partition: landed (read from the
+    lake) or, from the sensor, requested (its cursor), as `progress_label` says.
+    """
+    rows, last_seqs, total_backlog = [], {}, 0
+    for p in partitions:
+        done = max(progress.get(p.partition_id, -1), p.beginning_sequence_number - 1)
+        backlog_n = max(0, p.last_enqueued_sequence_number - done)
+        total_backlog += backlog_n
+        last_seqs[p.partition_id] = p.last_enqueued_sequence_number
+        rows.append(
+            dg.TableRecord(
+                {
+                    "partition": p.partition_id,
+                    "beginning_seq": p.beginning_sequence_number,
+                    "last_seq": p.last_enqueued_sequence_number,
+                    progress_label: progress.get(p.partition_id, -1),
+                    "backlog": backlog_n,
+                    "last_enqueued": p.last_enqueued_time.isoformat()
+                    if p.last_enqueued_time
+                    else "",
+                }
+            )
+        )
+    return dg.ObserveResult(
+        data_version=_hub_state_version(last_seqs),
+        metadata={
+            "hub": hub_name,
+            "partitions": dg.MetadataValue.table(
+                rows,
+                schema=dg.TableSchema(
+                    columns=[
+                        dg.TableColumn("partition", "string"),
+                        dg.TableColumn("beginning_seq", "int"),
+                        dg.TableColumn("last_seq", "int"),
+                        dg.TableColumn(progress_label, "int"),
+                        dg.TableColumn("backlog", "int"),
+                        dg.TableColumn("last_enqueued", "string"),
+                    ]
+                ),
+            ),
+            "backlog": dg.MetadataValue.int(total_backlog),
+            "last_sequence_numbers": dg.MetadataValue.json(last_seqs),
+        },
+    )
+
+
+class RangeConfig(dg.Config):
+    partition_id: str
+    first: int
+    last: int
+
+
+class LandingConfig(dg.Config):
+    """Which ranges to land. Empty (the UI's Materialize button): everything new."""
+
+    ranges: list[RangeConfig] = []
+
+
+@dg.asset(
+    name="landed_events",
+    deps=[raw_events],
+    group_name="ingestion",
+    description="Validated, typed digit events as Parquet, one file per (partition, sequence "
+    f"range) under `{LANDED_PREFIX}/`; refused events go to `{QUARANTINE_PREFIX}/` with a reason.",
+    kinds={"parquet", "azure"},
+    tags={"mlassets/role": "lake"},
+    op_tags=LANDING_POOL_TAG,
+)
+def landed_events(
+    context: dg.AssetExecutionContext,
+    config: LandingConfig,
+    event_hub: EventHubResource,
+    lake: LakeStorage,
+) -> dg.MaterializeResult:
+    from mlassets.lib.landing import EventRange, backlog, land_range, landed_ranges, resolve, watermarks
+
+    landed = landed_ranges(lake)
+    if config.ranges:
+        requested = [EventRange(r.partition_id, r.first, r.last) for r in config.ranges]
+    else:
+        requested = backlog(event_hub, landed, settings.max_range_events())
+    results: list[LandingResult] = []
+    for want in requested:
+        todo = resolve(want, landed.get(want.partition_id, []))
+        if todo is None:
+            context.log.info(
+                f"partition {want.partition_id} {want.first}..{want.last}: already landed"
+            )
+            continue
+        rewrite = todo in landed.get(want.partition_id, [])
+        result = land_range(event_hub, lake, todo, rewrite=rewrite)
+        if not rewrite:
+            landed.setdefault(todo.partition_id, []).append(todo)
+        results.append(result)
+        context.log.info(
+            f"partition {todo.partition_id} seq {todo.first}..{todo.last}: "
+            f"{result.landed_rows} landed, {result.quarantined_rows} quarantined"
+            f"{', rewritten' if rewrite else ''}"
+            f"{f', {result.expired} expired from the hub' if result.expired else ''}"
+            f" ({result.read_events / max(result.seconds, 1e-9):,.0f} events/s)"
+        )
+    previous = _previous_total(context)
+    return dg.MaterializeResult(
+        metadata=landing_metadata(results, lake, previous),
+        data_version=_hub_state_version(watermarks(landed)),
+    )
+
+
+def _previous_total(context: dg.AssetExecutionContext) -> int:
+    event = context.instance.get_latest_materialization_event(context.asset_key)
+    if event is None or event.asset_materialization is None:
+        return 0
+    value = event.asset_materialization.metadata.get("total_landed_rows")
+    return int(value.value) if value is not None else 0
+
+
+def landing_metadata(
+    results: list["LandingResult"], lake: LakeStorage, previous_total: int
+) -> dict:
+    landed = sum(r.landed_rows for r in results)
+    quarantined = sum(r.quarantined_rows for r in results)
+    seconds = sum(r.seconds for r in results)
+    events = sum(r.read_events for r in results)
+    reasons: dict[str, int] = {}
+    for r in results:
+        for reason, n in r.reasons.items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    new_rows = sum(r.landed_rows for r in results if not r.rewrite)
+    return {
+        "landed_rows": dg.MetadataValue.int(landed),
+        "quarantined_rows": dg.MetadataValue.int(quarantined),
+        "quarantine_ratio": dg.MetadataValue.float(quarantined / events if events else 0.0),
+        "expired_events": dg.MetadataValue.int(sum(r.expired for r in results)),
+        "total_landed_rows": dg.MetadataValue.int(previous_total + new_rows),
+        "files_written": dg.MetadataValue.int(len(results)),
+        "bytes_written": dg.MetadataValue.int(sum(r.bytes_written for r in results)),
+        "events_per_second": dg.MetadataValue.float(round(events / seconds, 1) if seconds else 0.0),
+        "ranges": dg.MetadataValue.table(
+            [
+                dg.TableRecord(
+                    {
+                        "partition": r.range.partition_id,
+                        "first_seq": r.range.first,
+                        "last_seq": r.range.last,
+                        "landed": r.landed_rows,
+                        "quarantined": r.quarantined_rows,
+                        "bytes": r.bytes_written,
+                        "rewrite": r.rewrite,
+                    }
+                )
+                for r in results
+            ],
+            schema=dg.TableSchema(
+                columns=[
+                    dg.TableColumn("partition", "string"),
+                    dg.TableColumn("first_seq", "int"),
+                    dg.TableColumn("last_seq", "int"),
+                    dg.TableColumn("landed", "int"),
+                    dg.TableColumn("quarantined", "int"),
+                    dg.TableColumn("bytes", "int"),
+                    dg.TableColumn("rewrite", "bool"),
+                ]
+            ),
+        ),
+        "quarantine_reasons": dg.MetadataValue.md(
+            "| reason | events |\n|---|---|\n"
+            + "".join(f"| {k} | {v} |\n" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
+            if reasons
+            else "No event was quarantined."
+        ),
+        # Read by the asset checks: exactly the files this materialization wrote.
+        "files": dg.MetadataValue.json([r.range.landed_path for r in results]),
+        "lake_path": dg.MetadataValue.path(lake.uri(LANDED_PREFIX)),
+        "quarantine_path": dg.MetadataValue.path(lake.uri(QUARANTINE_PREFIX)),
+    }
+
+
+ingest_events = dg.define_asset_job(
+    "ingest_events",
+    selection=dg.AssetSelection.assets(raw_events.key, landed_events),
+    description="Observe the event hub, then land its new events as Parquet (the sensor "
+    "passes exact ranges).",
+    tags=LANDING_POOL_TAG,
+)

@@ -1,0 +1,135 @@
+"""Checks on the landed events.
+
+The landed-events checks read back exactly the files the latest materialization wrote (its
+`files` metadata), so they verify what is on storage, at a cost that does not grow with
+the lake.
+"""
+
+from typing import TYPE_CHECKING
+
+import dagster as dg
+
+from mlassets import settings
+from mlassets.defs.ingestion.assets import landed_events
+from mlassets.lib.lazy import lazy
+from mlassets.roles.storage import LakeStorage
+
+# Loaded when a check runs, not when the code location loads.
+np = lazy("numpy")
+pa = lazy("pyarrow")
+pc = lazy("pyarrow.compute")
+events = lazy("mlassets.lib.events")
+landing = lazy("mlassets.lib.landing")
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from mlassets.lib import events, landing
+
+
+def max_quarantine_ratio() -> float:
+    return float(settings.get("MLASSETS_MAX_QUARANTINE_RATIO") or 0.05)
+
+
+def _latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict:
+    event = instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        return {}
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def validate_landed_file(lake: LakeStorage, path: str) -> list[str]:
+    """Problems with one landed file; empty when it honours the landed contract."""
+    problems: list[str] = []
+    schema = lake.read_schema(path)
+    if not schema.equals(events.LANDED_SCHEMA, check_metadata=False):
+        expected = {f.name: str(f.type) for f in events.LANDED_SCHEMA}
+        actual = {f.name: str(f.type) for f in schema}
+        diff = {
+            k: (expected.get(k), actual.get(k))
+            for k in expected.keys() | actual.keys()
+            if expected.get(k) != actual.get(k)
+        }
+        return [f"{path}: schema differs (expected, actual): {diff}"]
+    t = lake.read_parquet(path)
+    if t.num_rows == 0:
+        return problems
+    rng = landing.EventRange.from_path(path)
+    seq = t["sequence_number"].to_numpy()
+    if rng is not None and (seq.min() < rng.first or seq.max() > rng.last):
+        problems.append(f"{path}: sequence numbers outside {rng.first}..{rng.last}")
+    if len(np.unique(seq)) != len(seq):
+        problems.append(f"{path}: duplicate sequence numbers")
+    lengths = pc.list_value_length(t["pixels"]).to_numpy()
+    if (bad := np.flatnonzero(lengths != events.PIXELS)).size:
+        problems.append(
+            f"{path}: {bad.size} rows without {events.PIXELS} pixels (seq {seq[bad[:5]].tolist()})"
+        )
+    flat = pc.list_flatten(t["pixels"]).to_numpy()
+    if flat.size and flat.max() > events.PIXEL_MAX:
+        problems.append(f"{path}: pixel values above {events.PIXEL_MAX}")
+    empty = pc.equal(pc.utf8_length(t["sample_id"]), 0).to_numpy(zero_copy_only=False)
+    if empty.any():
+        problems.append(f"{path}: {int(empty.sum())} empty sample ids")
+    return problems
+
+
+@dg.asset_check(
+    asset=landed_events,
+    name="schema_and_ranges",
+    description="The files written by the latest landing have the landed schema, 64 pixels in "
+    "0..16 per row, non-empty sample ids, and unique sequence numbers inside their file's range.",
+    blocking=True,
+)
+def landed_events_schema_and_ranges(
+    context: dg.AssetCheckExecutionContext, lake: LakeStorage
+) -> dg.AssetCheckResult:
+    meta = _latest_metadata(context.instance, landed_events.key)
+    files = list(meta.get("files") or [])
+    problems = [p for f in files for p in validate_landed_file(lake, f)]
+    partition_gaps = {
+        p: g for p, rs in landing.landed_ranges(lake).items() if (g := landing.gaps(rs))
+    }
+    return dg.AssetCheckResult(
+        passed=not problems,
+        metadata={
+            "files_checked": dg.MetadataValue.int(len(files)),
+            "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
+            # Gaps are legitimate when the hub's retention expired events before landing,
+            # so they are reported here rather than failing the check.
+            "sequence_gaps": dg.MetadataValue.json(
+                {p: [list(g) for g in gs] for p, gs in partition_gaps.items()}
+            ),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=landed_events,
+    name="quarantine_ratio",
+    description="Share of events quarantined by the latest landing stays below "
+    "MLASSETS_MAX_QUARANTINE_RATIO (default 5%).",
+)
+def landed_events_quarantine_ratio(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    meta = _latest_metadata(context.instance, landed_events.key)
+    landed = int(meta.get("landed_rows") or 0)
+    quarantined = int(meta.get("quarantined_rows") or 0)
+    total = landed + quarantined
+    ratio = quarantined / total if total else 0.0
+    limit = max_quarantine_ratio()
+    return dg.AssetCheckResult(
+        passed=ratio <= limit,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "quarantine_ratio": dg.MetadataValue.float(round(ratio, 6)),
+            "threshold": dg.MetadataValue.float(limit),
+            "quarantined_rows": dg.MetadataValue.int(quarantined),
+            "events": dg.MetadataValue.int(total),
+        },
+        description=f"{quarantined} of {total} events quarantined ({ratio:.2%}; limit {limit:.0%})",
+    )
+
+
+INGESTION_CHECKS = [landed_events_schema_and_ranges, landed_events_quarantine_ratio]

@@ -1,0 +1,153 @@
+"""`training_dataset`: landed events ⨝ current labels, split by a stable hash, versioned."""
+
+import dagster as dg
+
+from mlassets import settings
+from mlassets.defs.labels.assets import labels
+from mlassets.defs.ingestion.assets import landed_events
+from mlassets.lib.layout import LABELS_PATH
+from mlassets.lib.lazy import lazy
+from mlassets.roles.storage import LakeStorage
+
+# Loaded when a run or tick needs them, not when the code location loads.
+np = lazy("numpy")
+pc = lazy("pyarrow.compute")
+cdc = lazy("mlassets.lib.cdc")
+datasets = lazy("mlassets.lib.datasets")
+events = lazy("mlassets.lib.events")
+landing = lazy("mlassets.lib.landing")
+
+
+def min_class_rows() -> int:
+    return int(settings.get("MLASSETS_MIN_CLASS_ROWS") or 20)
+
+
+@dg.asset(
+    name="training_dataset",
+    deps=[landed_events, labels],
+    group_name="training",
+    description="Landed events joined with current labels (latest event per sample; retracted "
+    "labels drop the sample), split 80/10/10 by a stable hash of sample_id, written as Parquet "
+    "shards under `datasets/digits/v=<content hash>/`.",
+    kinds={"parquet"},
+)
+def training_dataset(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg.MaterializeResult:
+    files = lake.glob(f"{landing.LANDED_PREFIX}/partition=*/*.parquet")
+    columns = ["sample_id", "pixels", "captured_at", "sequence_number"]
+    landed = lake.read_parquet(files, columns=columns, schema=events.LANDED_SCHEMA)
+    current = cdc.read_labels_table(lake, columns=["sample_id", "label"])
+    labels_table = lake.delta_table(LABELS_PATH)
+    dataset = datasets.build_dataset(landed, current)
+    written = datasets.write_dataset(lake, dataset)
+    histogram = dataset.class_histogram()
+    rows = {name: int(sum(histogram[name])) for name in datasets.SPLITS}
+    context.log.info(
+        f"dataset {dataset.version}: {rows['train']} train, {rows['validation']} validation, "
+        f"{rows['test']} test rows from {landed.num_rows} landed events and "
+        f"{current.num_rows} labels"
+    )
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(dataset.version),
+        metadata={
+            "version": dg.MetadataValue.text(dataset.version),
+            "path": dg.MetadataValue.path(lake.uri(datasets.dataset_dir(dataset.version))),
+            "dagster/row_count": dg.MetadataValue.int(dataset.table.num_rows),
+            **{f"{name}_rows": dg.MetadataValue.int(rows[name]) for name in datasets.SPLITS},
+            "class_histogram": dg.MetadataValue.table(
+                [
+                    dg.TableRecord({"class": c, **{s: histogram[s][c] for s in datasets.SPLITS}})
+                    for c in range(10)
+                ],
+                schema=dg.TableSchema(
+                    columns=[dg.TableColumn("class", "int")]
+                    + [dg.TableColumn(s, "int") for s in datasets.SPLITS]
+                ),
+            ),
+            "labels_delta_version": dg.MetadataValue.int(
+                labels_table.version() if labels_table is not None else -1
+            ),
+            "landed_ranges": dg.MetadataValue.json(_ranges_read(files)),
+            "landed_events_read": dg.MetadataValue.int(landed.num_rows),
+            "labels_read": dg.MetadataValue.int(current.num_rows),
+            "files": dg.MetadataValue.json(written),
+            # The reference distribution for the retraining sensor's drift policy.
+            "pixel_histogram": dg.MetadataValue.json(
+                [round(x, 6) for x in datasets.pixel_histogram(dataset.split("train")["pixels"])]
+            ),
+        },
+    )
+
+
+def _ranges_read(files: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for path in files:
+        rng = landing.EventRange.from_path(path)
+        key = rng.partition_id if rng else path.split("/")[-2]
+        out.setdefault(key, []).append(f"{rng.first}-{rng.last}" if rng else path.split("/")[-1])
+    return out
+
+
+def _latest_version(instance: dg.DagsterInstance) -> str | None:
+    event = instance.get_latest_materialization_event(training_dataset.key)
+    if event is None or event.asset_materialization is None:
+        return None
+    return event.asset_materialization.metadata["version"].value
+
+
+@dg.asset_check(
+    asset=training_dataset,
+    name="class_balance",
+    description="Every digit has at least MLASSETS_MIN_CLASS_ROWS (default 20) training rows.",
+    blocking=True,
+)
+def training_dataset_class_balance(
+    context: dg.AssetCheckExecutionContext, lake: LakeStorage
+) -> dg.AssetCheckResult:
+    version = _latest_version(context.instance)
+    train = (
+        datasets.read_split(lake, version, "train")
+        if version
+        else datasets.DATASET_SCHEMA.empty_table()
+    )
+    counts = np.bincount(train["label"].to_numpy(), minlength=10)
+    short = {int(c): int(n) for c, n in enumerate(counts) if n < min_class_rows()}
+    return dg.AssetCheckResult(
+        passed=not short,
+        metadata={
+            "min_rows": dg.MetadataValue.int(int(counts.min())),
+            "threshold": dg.MetadataValue.int(min_class_rows()),
+            "classes_below_threshold": dg.MetadataValue.json(short),
+        },
+        description=f"classes below {min_class_rows()} training rows: {short}" if short else None,
+    )
+
+
+@dg.asset_check(
+    asset=training_dataset,
+    name="splits_disjoint",
+    description="No sample id appears in two splits.",
+    blocking=True,
+)
+def training_dataset_splits_disjoint(
+    context: dg.AssetCheckExecutionContext, lake: LakeStorage
+) -> dg.AssetCheckResult:
+    version = _latest_version(context.instance)
+    ids = (
+        {s: datasets.read_split(lake, version, s)["sample_id"] for s in datasets.SPLITS}
+        if version
+        else {}
+    )
+    overlaps = {}
+    for i, a in enumerate(datasets.SPLITS):
+        for b in datasets.SPLITS[i + 1 :]:
+            if a in ids and b in ids:
+                both = pc.is_in(ids[a], value_set=ids[b])
+                n = int(pc.sum(both).as_py() or 0)
+                if n:
+                    overlaps[f"{a}/{b}"] = n
+    return dg.AssetCheckResult(
+        passed=not overlaps, metadata={"overlaps": dg.MetadataValue.json(overlaps)}
+    )
+
+
+DATASET_CHECKS = [training_dataset_class_balance, training_dataset_splits_disjoint]

@@ -1,0 +1,145 @@
+"""`digit_classifier`: a Keras model trained with Horovod, through Dagster Pipes, gated by a
+blocking accuracy check."""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+from pydantic import Field
+
+from mlassets import settings
+from mlassets.defs.training.dataset import training_dataset
+from mlassets.lib.layout import MODEL_PREFIX
+from mlassets.roles.storage import LakeStorage
+from mlassets.roles.training import TrainingCompute, TrainingJob
+
+TRAINING_POOL_TAG = {"mlassets/pool": "training"}
+
+
+def min_test_accuracy() -> float:
+    return float(settings.get("MLASSETS_MIN_TEST_ACCURACY") or 0.90)
+
+
+class TrainingConfig(dg.Config):
+    epochs: int = Field(default=12, description="passes over the training split")
+    batch_size: int | None = Field(
+        default=None,
+        description="samples per worker per step (one gradient allreduce). Empty: grows with "
+        "the data, from 256 up to 2048 while every worker keeps at least 32 steps an epoch; "
+        "larger steps scale better across workers",
+    )
+    learning_rate: float = Field(
+        default=0.002, description="Adam learning rate for one worker, scaled by the worker count"
+    )
+    seed: int = Field(default=1234, description="same dataset, config and workers: same model")
+    micro_batch: int | None = Field(
+        default=None,
+        description="rows computed at once inside a step (0: the whole step). Empty: 256 on "
+        "CPUs, whose caches hold that much, the whole step on GPUs",
+    )
+
+
+def _auto(value: int | None) -> str:
+    return "auto" if value is None else str(value)
+
+
+def model_version(dataset_version: str, now: datetime | None = None) -> str:
+    """Sortable by time, and says which dataset it saw."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}-{dataset_version[:8]}"
+
+
+@dg.asset(
+    name="digit_classifier",
+    deps=[training_dataset],
+    group_name="training",
+    description="A small CNN for 8x8 digits trained with Horovod (local Gloo workers or an Azure "
+    "Batch GPU pool); the model and its metrics under `models/digit_classifier/<version>/`.",
+    kinds={"tensorflow", "keras"},
+    op_tags=TRAINING_POOL_TAG,
+)
+def digit_classifier(
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    lake: LakeStorage,
+    training_compute: TrainingCompute,
+) -> dg.MaterializeResult:
+    upstream = context.instance.get_latest_materialization_event(training_dataset.key)
+    if upstream is None or upstream.asset_materialization is None:
+        raise dg.Failure("training_dataset has never been materialized: build it first")
+    dataset_version = upstream.asset_materialization.metadata["version"].value
+    version = model_version(dataset_version)
+    context.log.info(
+        f"training model {version} on dataset {dataset_version} ({training_compute.description})"
+    )
+    job = TrainingJob(
+        module="mlassets.training_program.train",
+        args=[
+            "--lake-url",
+            lake.url,
+            "--dataset-version",
+            dataset_version,
+            "--model-version",
+            version,
+            "--epochs",
+            str(config.epochs),
+            "--batch-size",
+            _auto(config.batch_size),
+            "--micro-batch",
+            _auto(config.micro_batch),
+            "--learning-rate",
+            str(config.learning_rate),
+            "--seed",
+            str(config.seed),
+        ],
+        env=(
+            {"MLASSETS_STORAGE_CONNECTION_STRING": lake.connection_string}
+            if lake.connection_string
+            else {}
+        ),
+        extras={"dataset_version": dataset_version, "model_version": version},
+    )
+    reason = context.run.tags.get("mlassets/retrain-reason")
+    result = training_compute.run(context, job).get_materialize_result()
+    extra = {
+        "compute": dg.MetadataValue.text(training_compute.description),
+        "model_dir": dg.MetadataValue.path(lake.uri(f"{MODEL_PREFIX}/{version}")),
+    }
+    if reason:
+        extra["retrain_reason"] = dg.MetadataValue.text(reason)
+    return dg.MaterializeResult(
+        asset_key=result.asset_key,
+        metadata={**(result.metadata or {}), **extra},
+        data_version=result.data_version,
+    )
+
+
+@dg.asset_check(
+    asset=digit_classifier,
+    name="test_accuracy",
+    description="Test accuracy of the newest model is at least MLASSETS_MIN_TEST_ACCURACY "
+    "(default 0.90). Blocking: a model that fails it is never used for scoring.",
+    blocking=True,
+)
+def digit_classifier_test_accuracy(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    event = context.instance.get_latest_materialization_event(digit_classifier.key)
+    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    accuracy = float(meta["test_accuracy"].value) if "test_accuracy" in meta else 0.0
+    threshold = min_test_accuracy()
+    version = meta["model_version"].value if "model_version" in meta else None
+    return dg.AssetCheckResult(
+        passed=accuracy >= threshold,
+        metadata={
+            "test_accuracy": dg.MetadataValue.float(accuracy),
+            "threshold": dg.MetadataValue.float(threshold),
+            "model_version": dg.MetadataValue.text(version or "-"),
+        },
+        description=f"model {version}: test accuracy {accuracy:.4f} (threshold {threshold:.2f})",
+    )
+
+
+train_model = dg.define_asset_job(
+    "train_model",
+    selection=dg.AssetSelection.assets(training_dataset, digit_classifier),
+    description="Build the training dataset and train the digit classifier with Horovod.",
+    tags=TRAINING_POOL_TAG,
+)

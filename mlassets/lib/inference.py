@@ -1,0 +1,140 @@
+"""Scoring: which model may score, which samples still need a prediction, and the batch
+prediction itself. TensorFlow is imported only inside `score`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlassets.lib import cdc
+from mlassets.lib.datasets import latest_per_sample
+from mlassets.lib.events import LANDED_SCHEMA, PIXELS
+from mlassets.lib.landing import LANDED_PREFIX
+from mlassets.lib.layout import PREDICTIONS_PREFIX
+from mlassets.roles.storage import LakeStorage
+
+MODEL_KEY = dg.AssetKey("digit_classifier")
+ACCURACY_CHECK = dg.AssetCheckKey(MODEL_KEY, "test_accuracy")
+
+PREDICTION_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("predicted_class", pa.int64(), nullable=False),
+        pa.field("probability", pa.float64(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("scored_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ApprovedModel:
+    version: str
+    path: str
+    test_accuracy: float
+
+
+def approved_models(instance: dg.DagsterInstance, limit: int = 100) -> list[ApprovedModel]:
+    """Models whose blocking accuracy check passed, newest first.
+
+    The check records the model version it judged, which ties each passing evaluation to one
+    materialization; a model whose check failed (or never ran) is never returned.
+    """
+    from dagster._core.storage.asset_check_execution_record import (
+        AssetCheckExecutionRecordStatus,
+    )
+
+    passed = instance.event_log_storage.get_asset_check_execution_history(
+        ACCURACY_CHECK, limit=limit, status={AssetCheckExecutionRecordStatus.SUCCEEDED}
+    )
+    versions: set[str] = set()
+    for record in passed:
+        evaluation = record.event.dagster_event.event_specific_data if record.event else None
+        value = getattr(evaluation, "metadata", {}).get("model_version")
+        if evaluation is not None and evaluation.passed and value is not None:
+            versions.add(value.value)
+    models = []
+    for record in instance.fetch_materializations(MODEL_KEY, limit=limit).records:
+        meta = record.asset_materialization.metadata
+        version = meta["model_version"].value if "model_version" in meta else None
+        if version in versions:
+            models.append(
+                ApprovedModel(version, meta["model_path"].value, float(meta["test_accuracy"].value))
+            )
+            versions.discard(version)
+    return sorted(models, key=lambda m: m.version, reverse=True)
+
+
+def current_model(instance: dg.DagsterInstance) -> ApprovedModel | None:
+    models = approved_models(instance)
+    return models[0] if models else None
+
+
+def predictions_dir(version: str) -> str:
+    return f"{PREDICTIONS_PREFIX}/model={version}"
+
+
+def unscored_samples(lake: LakeStorage, version: str) -> pa.Table:
+    """Landed samples (latest event each) with no label and no prediction from `version`."""
+    files = lake.glob(f"{LANDED_PREFIX}/partition=*/*.parquet")
+    events = lake.read_parquet(
+        files,
+        columns=["sample_id", "pixels", "captured_at", "sequence_number"],
+        schema=LANDED_SCHEMA,
+    )
+    latest = latest_per_sample(events)
+    labeled = cdc.read_labels_table(lake, columns=["sample_id"])["sample_id"]
+    scored_files = lake.glob(f"{predictions_dir(version)}/*.parquet")
+    scored = lake.read_parquet(scored_files, columns=["sample_id"], schema=PREDICTION_SCHEMA)[
+        "sample_id"
+    ]
+    known = pa.chunked_array([*labeled.chunks, *scored.chunks], pa.string())
+    keep = pc.invert(pc.is_in(latest["sample_id"], value_set=known.combine_chunks()))
+    return latest.filter(keep).select(["sample_id", "pixels"])
+
+
+def load(model: ApprovedModel, lake: LakeStorage):
+    """The Keras model of an approved version (imports TensorFlow)."""
+    from mlassets.training_program.model import load_model
+
+    return load_model(_local_copy(model.path, lake))
+
+
+def score(keras_model, samples: pa.Table, version: str) -> pa.Table:
+    """One vectorized prediction over all samples -> PREDICTION_SCHEMA."""
+    if samples.num_rows == 0:
+        return PREDICTION_SCHEMA.empty_table()
+    from mlassets.training_program.model import predict_proba
+
+    pixels = pc.list_flatten(samples["pixels"]).to_numpy(zero_copy_only=False).reshape(-1, PIXELS)
+    proba = predict_proba(keras_model, pixels)
+    classes = proba.argmax(axis=1)
+    now = datetime.now(UTC)
+    return pa.table(
+        {
+            "sample_id": samples["sample_id"],
+            "predicted_class": pa.array(classes, pa.int64()),
+            "probability": pa.array(proba[np.arange(len(classes)), classes].astype(np.float64)),
+            "model_version": pa.array(np.full(len(classes), version, dtype=object), pa.string()),
+            "scored_at": pa.array(np.full(len(classes), now), pa.timestamp("us", tz="UTC")),
+        },
+        schema=PREDICTION_SCHEMA,
+    )
+
+
+def _local_copy(model_path: str, lake: LakeStorage) -> str:
+    """Keras loads from a local file; a model in Blob Storage is downloaded once."""
+    if lake.is_local:
+        return model_path
+    import os
+    import tempfile
+
+    target = os.path.join(tempfile.mkdtemp(prefix="mlassets-model-"), "model.keras")
+    lake.fs.get(lake.path(lake.relative(model_path.removeprefix("abfs://"))), target)
+    return target

@@ -1,0 +1,235 @@
+"""The lakehouse: one resource addressed by URL, the same code on a laptop and on Azure.
+
+- ``file:///path``: a local folder (the embedded default).
+- ``abfs://<container>@<account>.dfs.core.windows.net/<prefix>`` (or ``abfs://<container>/<prefix>``
+  with the account in the connection string): Blob Storage / ADLS Gen2 through adlfs, which
+  speaks the Blob endpoint and so works on hierarchical and flat accounts and on Azurite.
+
+Authentication is a connection string (Azurite, dev) or, when none is given,
+DefaultAzureCredential (managed identity, workload identity, `az login`).
+
+Why not dagster-azure's ADLS2Resource: it talks to the DFS endpoint, which Azurite does not
+serve, and Parquet and Delta Lake need an fsspec filesystem and object_store options
+respectively, which this resource derives from the same settings.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from mlassets.lib.lazy import lazy
+
+fsspec = lazy("fsspec")
+pa = lazy("pyarrow")
+pq = lazy("pyarrow.parquet")
+
+if TYPE_CHECKING:
+    import fsspec
+    import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class LakeLocation:
+    """A parsed lake URL."""
+
+    protocol: str  # "file" or "abfs"
+    root: str  # local path, or "<container>/<prefix>"
+    account_name: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> LakeLocation:
+        parsed = urlparse(url)
+        scheme = parsed.scheme or "file"
+        if scheme == "file":
+            path = parsed.path if not parsed.netloc else f"/{parsed.netloc}{parsed.path}"
+            return cls("file", path.rstrip("/") or "/")
+        if scheme in ("abfs", "abfss", "az"):
+            container, _, host = parsed.netloc.partition("@")
+            if not container:
+                raise ValueError(f"lake URL {url!r} names no container")
+            account = host.split(".")[0] if host else None
+            root = posixpath.join(container, parsed.path.strip("/")).rstrip("/")
+            return cls("abfs", root, account)
+        raise ValueError(f"lake URL {url!r}: use file:// or abfs://")
+
+
+def parse_connection_string(conn: str) -> dict[str, str]:
+    parts = (p.split("=", 1) for p in conn.strip().strip(";").split(";") if "=" in p)
+    return {k.strip(): v.strip() for k, v in parts}
+
+
+class LakeStorage(dg.ConfigurableResource):
+    """Reads and writes the lakehouse: Parquet files and Delta Lake tables, by relative path."""
+
+    url: str = Field(
+        description="lake root: file:///path or abfs://container@account.dfs.core.windows.net/prefix"
+    )
+    connection_string: str | None = Field(
+        default=None, description="storage connection string; unset means DefaultAzureCredential"
+    )
+
+    _cache: dict = PrivateAttr(default_factory=dict)
+
+    @cached_property
+    def location(self) -> LakeLocation:
+        return LakeLocation.parse(self.url)
+
+    @property
+    def is_local(self) -> bool:
+        return self.location.protocol == "file"
+
+    # -- addressing ----------------------------------------------------------------------
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        if "fs" not in self._cache:
+            if self.is_local:
+                self._cache["fs"] = fsspec.filesystem("file", auto_mkdir=True)
+            elif self.connection_string:
+                self._cache["fs"] = fsspec.filesystem(
+                    "abfs", connection_string=self.connection_string
+                )
+            else:
+                from azure.identity import DefaultAzureCredential
+
+                self._cache["fs"] = fsspec.filesystem(
+                    "abfs",
+                    account_name=self._account_name(),
+                    credential=DefaultAzureCredential(),
+                )
+        return self._cache["fs"]
+
+    def path(self, relative: str = "") -> str:
+        """The filesystem path of a lake-relative path (what `fs` methods take)."""
+        return (
+            posixpath.join(self.location.root, relative.lstrip("/"))
+            if relative
+            else self.location.root
+        )
+
+    def uri(self, relative: str = "") -> str:
+        """A full URL for people and for engines that take URLs (Delta Lake, links)."""
+        if self.is_local:
+            return self.path(relative)
+        return f"abfs://{self.path(relative)}"
+
+    def relative(self, path: str) -> str:
+        """Inverse of `path` for what `fs` returns from listings."""
+        root = self.location.root.rstrip("/") + "/"
+        path = path if not self.is_local else "/" + path.lstrip("/")
+        return path[len(root) :] if path.startswith(root) else path
+
+    def _account_name(self) -> str:
+        if self.connection_string:
+            return parse_connection_string(self.connection_string)["AccountName"]
+        if self.location.account_name:
+            return self.location.account_name
+        raise ValueError(
+            "the lake URL names no storage account: use abfs://<container>@<account>.dfs.core."
+            "windows.net/<prefix> or set MLASSETS_STORAGE_CONNECTION_STRING"
+        )
+
+    # -- files ---------------------------------------------------------------------------
+
+    def exists(self, relative: str) -> bool:
+        return self.fs.exists(self.path(relative))
+
+    def glob(self, pattern: str) -> list[str]:
+        """Lake-relative paths matching a glob, sorted."""
+        return sorted(self.relative(p) for p in self.fs.glob(self.path(pattern)))
+
+    def size(self, relative: str) -> int:
+        return int(self.fs.info(self.path(relative))["size"])
+
+    def delete(self, relative: str, recursive: bool = False) -> None:
+        if self.exists(relative):
+            self.fs.rm(self.path(relative), recursive=recursive)
+
+    def write_parquet(self, relative: str, table: pa.Table, **kwargs) -> int:
+        """Write one Parquet file atomically (readers never see half a file); returns bytes.
+
+        Blob uploads commit on close, so they are atomic already; a local file is written
+        beside its target and renamed into place.
+        """
+        kwargs.setdefault("compression", "zstd")
+        target = self.path(relative)
+        if self.is_local:
+            os.makedirs(posixpath.dirname(target), exist_ok=True)
+            tmp = f"{target}.{uuid.uuid4().hex}.tmp"
+            try:
+                pq.write_table(table, tmp, **kwargs)
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        else:
+            with self.fs.open(target, "wb") as f:
+                pq.write_table(table, f, **kwargs)
+        return self.size(relative)
+
+    def read_parquet(
+        self,
+        relative: str | list[str],
+        columns: list[str] | None = None,
+        schema: pa.Schema | None = None,
+    ) -> pa.Table:
+        """One file or several (concatenated in the order given)."""
+        paths = [relative] if isinstance(relative, str) else list(relative)
+        if not paths:
+            if schema is None:
+                raise ValueError("reading no files needs a schema")
+            return schema.empty_table() if columns is None else schema.empty_table().select(columns)
+        tables = [
+            pq.read_table(self.path(p), columns=columns, filesystem=self.fs, schema=schema)
+            for p in paths
+        ]
+        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+    def read_schema(self, relative: str) -> pa.Schema:
+        with self.fs.open(self.path(relative), "rb") as f:
+            return pq.read_schema(f)
+
+    # -- Delta Lake ----------------------------------------------------------------------
+
+    def delta_storage_options(self) -> dict[str, str]:
+        """object_store options for deltalake, derived from the same settings."""
+        if self.is_local:
+            return {}
+        if self.connection_string:
+            cs = parse_connection_string(self.connection_string)
+            options = {"account_name": cs["AccountName"], "account_key": cs["AccountKey"]}
+            if endpoint := cs.get("BlobEndpoint"):
+                options["endpoint"] = endpoint.rstrip("/")
+                if endpoint.startswith("http://"):
+                    options["allow_http"] = "true"
+            return options
+        from azure.identity import DefaultAzureCredential
+
+        token = DefaultAzureCredential().get_token("https://storage.azure.com/.default").token
+        return {"account_name": self._account_name(), "bearer_token": token}
+
+    def delta_table(self, relative: str):
+        """The Delta table at a lake path, or None when none exists yet."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            return DeltaTable(self.uri(relative), storage_options=self.delta_storage_options())
+        except TableNotFoundError:
+            return None
+
+    def write_delta(self, relative: str, data: pa.Table, **kwargs) -> None:
+        from deltalake import write_deltalake
+
+        write_deltalake(
+            self.uri(relative), data, storage_options=self.delta_storage_options(), **kwargs
+        )

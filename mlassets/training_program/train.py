@@ -1,0 +1,466 @@
+"""The Horovod training program: `horovodrun -np N ... python -m mlassets.training_program.train`.
+
+Every rank reads its own shards of the train split, the learning rate scales with the number
+of workers, rank 0's initial variables are broadcast, gradients are averaged by
+`hvd.DistributedGradientTape`, and epoch metrics are averaged across ranks with
+`hvd.allreduce` (Horovod's MetricAverageCallback does not work with tf-keras here). Rank 0
+opens Dagster Pipes: one log line per epoch, then the materialization metadata. Seeded, so
+the same dataset, settings and worker count give the same model.
+
+Built for throughput: a step's gradients go in one fused allreduce, an epoch runs as one
+graph, and local ranks are bound to their own cores (bind_to_cores). Every step pays a fixed
+synchronous cost (the allreduce, waiting for the slowest rank), so by default the step grows
+with the data (`choose_batch_size`); on CPUs a large step is computed in cache-sized
+micro-batches under one gradient tape (`micro_batch_sizes`), so a sample costs about what it
+does in a small step and the gradient is still that of the whole batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+@dataclass
+class Args:
+    lake_url: str
+    dataset_version: str
+    model_version: str
+    epochs: int = 12
+    #: Samples per worker per step (one gradient allreduce); None: `choose_batch_size`.
+    batch_size: int | None = None
+    learning_rate: float = 0.002
+    seed: int = 1234
+    threads: int = 1
+    #: Rows computed at once inside a step; 0: the whole step; None: `CPU_MICRO_BATCH` on a
+    #: CPU, the whole step on a GPU (which wants large kernels).
+    micro_batch: int | None = None
+
+
+@dataclass
+class Metrics:
+    dataset_version: str
+    model_version: str
+    model_path: str
+    workers: int
+    epochs: int
+    batch_size: int
+    micro_batch: int
+    steps_per_epoch: int
+    test_accuracy: float
+    test_loss: float
+    train_rows: int
+    samples_per_second: float
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+def parse_args(argv: list[str]) -> Args:
+    p = argparse.ArgumentParser(prog="mlassets.training_program.train")
+    p.add_argument("--lake-url", required=True)
+    p.add_argument("--dataset-version", required=True)
+    p.add_argument("--model-version", required=True)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument(
+        "--batch-size",
+        type=_optional_int,
+        default=None,
+        help="samples per worker per step, or 'auto' (default): grows with the data",
+    )
+    p.add_argument("--learning-rate", type=float, default=0.002, help="for one worker")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument(
+        "--threads", type=int, default=int(os.environ.get("MLASSETS_TRAINING_THREADS", 1))
+    )
+    p.add_argument(
+        "--micro-batch",
+        type=_optional_int,
+        default=None,
+        help="rows computed at once inside a step; 0: the whole step; 'auto' (default): "
+        "256 on a CPU, the whole step on a GPU",
+    )
+    return Args(**vars(p.parse_args(argv)))
+
+
+def _optional_int(text: str) -> int | None:
+    if text == "auto":
+        return None
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0, got {text}")
+    return value
+
+
+#: The automatic step sizes per worker, largest first.
+AUTO_BATCH_SIZES = (2048, 1024, 512, 256)
+#: Fewest steps an epoch the automatic step size leaves each worker: enough updates to learn.
+MIN_STEPS_PER_EPOCH = 32
+#: Rows a CPU computes at once: a 256-row layer's activations stay in the core's cache; a
+#: 2048-row one does not, and the same samples take ~10% longer.
+CPU_MICRO_BATCH = 256
+
+
+def choose_batch_size(rows_per_worker: int, requested: int | None) -> tuple[int, str]:
+    """The batch per worker per step, and why, for the run log.
+
+    Asked for: that, or the worker's rows when it has fewer. Automatic: the largest of
+    AUTO_BATCH_SIZES that still gives every worker MIN_STEPS_PER_EPOCH steps an epoch. Small
+    datasets keep small steps (many updates an epoch, the accuracy they need); large ones get
+    large steps, whose fixed synchronous cost is amortized over more samples, so adding workers
+    keeps paying off as the data grows and the retraining sensor trains again and again.
+    """
+    if rows_per_worker <= 0:
+        raise ValueError("a worker has no training rows")
+    if requested is not None:
+        if requested <= rows_per_worker:
+            return requested, f"batch size {requested} per worker"
+        return rows_per_worker, (
+            f"batch size {rows_per_worker} per worker instead of {requested}: "
+            f"a worker has only {rows_per_worker} training rows"
+        )
+    for size in AUTO_BATCH_SIZES:
+        if rows_per_worker // size >= MIN_STEPS_PER_EPOCH:
+            return size, (
+                f"batch size {size} per worker (automatic: {rows_per_worker:,} rows per worker "
+                f"give {rows_per_worker // size} steps an epoch)"
+            )
+    size = min(AUTO_BATCH_SIZES[-1], rows_per_worker)
+    return size, f"batch size {size} per worker (automatic: {rows_per_worker:,} rows per worker)"
+
+
+def mean_loss_in_parts(model, loss_fn, x, y, parts: list[int]):
+    """The batch's mean loss and its count of correct predictions, computed part by part.
+
+    Under one gradient tape this gives the gradient of the whole batch (each part's mean loss
+    weighted by its share of the rows), while every layer works on a part at a time.
+    """
+    import tensorflow as tf
+
+    loss, hits = 0.0, 0.0
+    total = sum(parts)
+    for xb, yb, n in zip(tf.split(x, parts), tf.split(y, parts), parts, strict=True):
+        logits = model(xb, training=True)
+        loss += loss_fn(yb, logits) * (n / total)
+        predicted = tf.argmax(logits, 1, output_type=tf.int32)
+        hits += tf.reduce_sum(tf.cast(tf.equal(predicted, yb), tf.float64))
+    return loss, hits
+
+
+def micro_batch_sizes(batch_size: int, micro_batch: int) -> list[int]:
+    """Split a step of `batch_size` rows into near-equal parts of at most `micro_batch` rows
+    (0: one part), for `mean_loss_in_parts`."""
+    if micro_batch <= 0 or micro_batch >= batch_size:
+        return [batch_size]
+    parts = -(-batch_size // micro_batch)
+    base, extra = divmod(batch_size, parts)
+    return [base + 1] * extra + [base] * (parts - extra)
+
+
+class Reporter:
+    """Rank 0 talks to Dagster through Pipes; outside Dagster (benchmarks) it prints."""
+
+    def __init__(self, rank: int) -> None:
+        self.pipes = None
+        self._cm = None
+        if rank == 0 and os.environ.get("DAGSTER_PIPES_CONTEXT"):
+            from mlassets.training_program.pipes import open_pipes
+
+            self._cm = open_pipes()
+            self.pipes = self._cm.__enter__()
+        self.rank = rank
+
+    def log(self, message: str) -> None:
+        if self.rank != 0:
+            return
+        if self.pipes is not None:
+            self.pipes.log.info(message)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def report(self, metrics: Metrics) -> None:
+        if self.pipes is None:
+            return
+        self.pipes.report_asset_materialization(
+            metadata={
+                "test_accuracy": {"raw_value": metrics.test_accuracy, "type": "float"},
+                "test_loss": {"raw_value": metrics.test_loss, "type": "float"},
+                "epochs": {"raw_value": metrics.epochs, "type": "int"},
+                "workers": {"raw_value": metrics.workers, "type": "int"},
+                "batch_size_per_worker": {"raw_value": metrics.batch_size, "type": "int"},
+                "micro_batch": {"raw_value": metrics.micro_batch, "type": "int"},
+                "steps_per_epoch": {"raw_value": metrics.steps_per_epoch, "type": "int"},
+                "samples_per_second": {"raw_value": metrics.samples_per_second, "type": "float"},
+                "train_rows": {"raw_value": metrics.train_rows, "type": "int"},
+                "training_seconds": {"raw_value": round(metrics.seconds, 2), "type": "float"},
+                "dataset_version": {"raw_value": metrics.dataset_version, "type": "text"},
+                "model_version": {"raw_value": metrics.model_version, "type": "text"},
+                "model_path": {"raw_value": metrics.model_path, "type": "path"},
+                "history": {"raw_value": _history_markdown(metrics.history), "type": "md"},
+            },
+            data_version=metrics.model_version,
+        )
+
+    def close(self, exc: BaseException | None = None) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+
+
+def _history_markdown(history: list[dict]) -> str:
+    rows = "".join(
+        f"| {h['epoch']} | {h['loss']:.4f} | {h['accuracy']:.4f} | {h['val_accuracy']:.4f} "
+        f"| {h['samples_per_second']:,.0f} |\n"
+        for h in history
+    )
+    return "| epoch | loss | accuracy | val accuracy | samples/s |\n|---|---|---|---|---|\n" + rows
+
+
+def _arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    from mlassets.training_program.model import to_features
+
+    pixels = pc.list_flatten(table["pixels"]).to_numpy(zero_copy_only=False)
+    return to_features(pixels), table["label"].to_numpy().astype(np.int32)
+
+
+def bind_to_cores() -> list[int] | None:
+    """Pin this rank to its own cores when the launcher asks (MLASSETS_BIND_CORES=1), like
+    `mpirun --bind-to core`.
+
+    Unpinned, the ranks' threads and Horovod's background threads migrate onto each other's
+    cores and every synchronous step waits for the slowest; pinned, each rank keeps a core
+    warm. Every thread that exists now is pinned, and threads started later (TensorFlow's,
+    Horovod's, Gloo's) inherit it, so call this before importing TensorFlow.
+    """
+    if os.environ.get("MLASSETS_BIND_CORES") != "1" or not hasattr(os, "sched_setaffinity"):
+        return None
+    local_rank = int(os.environ.get("HOROVOD_LOCAL_RANK", "0"))
+    threads = max(1, int(os.environ.get("MLASSETS_TRAINING_THREADS", "1")))
+    available = sorted(os.sched_getaffinity(0))
+    cores = available[local_rank * threads : (local_rank + 1) * threads]
+    if len(cores) < threads:  # more ranks than cores: leave the scheduler to it
+        return None
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), cores)
+    return cores
+
+
+def train(args: Args) -> Metrics | None:
+    from mlassets.lib.datasets import dataset_dir, read_split
+    from mlassets.roles.storage import LakeStorage
+    from mlassets.training_program.model import build_model
+
+    cores = bind_to_cores()
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+
+    hvd.init()
+    rank, size = hvd.rank(), hvd.size()
+    # One GPU per rank on multi-GPU nodes (Azure Batch); on CPU this finds none.
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        tf.config.set_visible_devices(gpus[hvd.local_rank() % len(gpus)], "GPU")
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    tf.keras.utils.set_random_seed(args.seed)
+    reporter = Reporter(rank)
+    try:
+        reporter.log(
+            f"{size} workers x {args.threads} threads"
+            + (f", rank 0 bound to cores {cores}" if cores else "")
+        )
+        lake = LakeStorage(
+            url=args.lake_url,
+            connection_string=os.environ.get("MLASSETS_STORAGE_CONNECTION_STRING"),
+        )
+        shards = lake.glob(f"{dataset_dir(args.dataset_version)}/split=train/part-*.parquet")
+        if not shards:
+            raise FileNotFoundError(f"no train split for dataset {args.dataset_version}")
+        if len(shards) >= size:
+            local = lake.read_parquet(shards[rank::size])
+        else:  # fewer shards than workers: every rank reads all, keeps every size-th row
+            everything = lake.read_parquet(shards)
+            local = everything.take(pa.array(np.arange(rank, everything.num_rows, size)))
+        x, y = _arrays(local)
+        val = read_split(lake, args.dataset_version, "validation")
+        x_val, y_val = _arrays(val.take(pa.array(np.arange(rank, val.num_rows, size))))
+
+        model = build_model(args.seed)
+        optimizer = tf.keras.optimizers.Adam(args.learning_rate * size)
+        loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+        # Equal step counts on every rank, or the allreduce of the longest one never returns;
+        # a dataset smaller than a batch per rank trains on smaller batches instead of failing.
+        fewest = int(hvd.allreduce(tf.constant(len(x)), op=hvd.Min).numpy())
+        train_rows = int(hvd.allreduce(tf.constant(len(x)), op=hvd.Sum).numpy())
+        if fewest == 0:
+            raise ValueError(
+                f"a worker has no training rows ({train_rows} rows for {size} workers)"
+            )
+        batch_size, why = choose_batch_size(fewest, args.batch_size)
+        auto_micro = 0 if gpus else CPU_MICRO_BATCH  # a GPU wants large kernels, a CPU its cache
+        micro = auto_micro if args.micro_batch is None else args.micro_batch
+        parts = micro_batch_sizes(batch_size, micro)
+        steps = fewest // batch_size
+        reporter.log(
+            f"{why}, {steps} steps an epoch"
+            + (f", computed in {len(parts)} micro-batches of {parts[0]}" if len(parts) > 1 else "")
+        )
+
+        # Running sums stay on the device: a step never waits for Python to read a number,
+        # so the ranks' steps and allreduces overlap instead of queueing behind each other.
+        loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        correct_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        x_all, y_all = tf.constant(x), tf.constant(y)
+
+        @tf.function
+        def step(idx, first: bool):
+            xb, yb = tf.gather(x_all, idx), tf.gather(y_all, idx)
+            with tf.GradientTape() as tape:
+                loss, hits = mean_loss_in_parts(model, loss_fn, xb, yb, parts)
+            # One group: all gradients travel in one fused allreduce, one negotiation per step.
+            tape = hvd.DistributedGradientTape(tape, num_groups=1)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            if first:  # after the first step, so the optimizer's slots exist too
+                hvd.broadcast_variables(model.variables, root_rank=0)
+                hvd.broadcast_variables(optimizer.variables(), root_rank=0)
+            loss_sum.assign_add(tf.cast(loss, tf.float64))
+            correct_sum.assign_add(hits)
+
+        x_val_all, y_val_all = tf.constant(x_val), tf.constant(y_val)
+        val_parts = micro_batch_sizes(len(x_val), micro)
+
+        @tf.function
+        def validation_hits():
+            """Correct validation predictions, in one graph and in the same parts as training."""
+            hits = tf.constant(0.0, tf.float64)
+            xs, ys = tf.split(x_val_all, val_parts), tf.split(y_val_all, val_parts)
+            for xb, yb in zip(xs, ys, strict=True):
+                predicted = tf.argmax(model(xb, training=False), 1, output_type=tf.int32)
+                hits += tf.reduce_sum(tf.cast(tf.equal(predicted, yb), tf.float64))
+            return hits
+
+        @tf.function(input_signature=[tf.TensorSpec([None, batch_size], tf.int64)])
+        def train_steps(batches):
+            """A whole epoch in one graph: no trip through Python between steps."""
+            for i in tf.range(tf.shape(batches)[0]):
+                step(batches[i], False)
+
+        rng = np.random.default_rng(args.seed + rank)
+        history: list[dict] = []
+        started = time.perf_counter()
+        first = True
+        for epoch in range(1, args.epochs + 1):
+            t0 = time.perf_counter()
+            batches = rng.permutation(len(x))[: steps * batch_size].reshape(steps, -1)
+            loss_sum.assign(0.0)
+            correct_sum.assign(0.0)
+            batches = tf.constant(batches)
+            if first:  # the first step also broadcasts rank 0's variables
+                step(batches[0], True)
+                batches, first = batches[1:], False
+            train_steps(batches)
+            val_correct = float(validation_hits())
+            totals = hvd.allreduce(
+                tf.constant(
+                    [
+                        float(loss_sum.numpy()),
+                        float(correct_sum.numpy()),
+                        float(steps * batch_size),
+                        val_correct,
+                        float(len(x_val)),
+                    ],
+                    tf.float64,
+                ),
+                op=hvd.Sum,
+            ).numpy()
+            elapsed = time.perf_counter() - t0
+            record = {
+                "epoch": epoch,
+                "loss": totals[0] / (steps * size),
+                "accuracy": totals[1] / totals[2],
+                "val_accuracy": totals[3] / max(totals[4], 1.0),
+                "samples_per_second": totals[2] / elapsed,
+            }
+            history.append(record)
+            reporter.log(
+                f"epoch {epoch}/{args.epochs}: loss {record['loss']:.4f} accuracy "
+                f"{record['accuracy']:.4f} val_accuracy {record['val_accuracy']:.4f} "
+                f"samples/s {record['samples_per_second']:,.0f}"
+            )
+        seconds = time.perf_counter() - started
+
+        metrics = None
+        if rank == 0:
+            shape = {
+                "workers": size,
+                "train_rows": train_rows,
+                "batch_size": batch_size,
+                "micro_batch": parts[0],
+                "steps_per_epoch": steps,
+            }
+            metrics = _finish(args, lake, model, loss_fn, history, seconds, shape)
+            reporter.log(
+                f"test accuracy {metrics.test_accuracy:.4f} (loss {metrics.test_loss:.4f}); "
+                f"model saved to {metrics.model_path}"
+            )
+            reporter.report(metrics)
+        hvd.join()
+        reporter.close()
+        return metrics
+    except BaseException as exc:
+        reporter.close(exc)
+        raise
+
+
+def _finish(args, lake, model, loss_fn, history, seconds, shape: dict) -> Metrics:
+    """Rank 0: test-set evaluation, then the model and its metrics into the lake. `shape`:
+    workers, train_rows and how the steps were cut (batch_size, micro_batch, steps_per_epoch).
+    """
+    from mlassets.lib.datasets import read_split
+
+    x_test, y_test = _arrays(read_split(lake, args.dataset_version, "test"))
+    logits = model(x_test, training=False)
+    test_loss = float(loss_fn(y_test, logits))
+    test_accuracy = float(np.mean(np.argmax(logits.numpy(), 1) == y_test)) if len(y_test) else 0.0
+    model_dir = f"models/digit_classifier/{args.model_version}"
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "model.keras")
+        model.save(local)
+        lake.fs.put(local, lake.path(f"{model_dir}/model.keras"))
+    rate = float(np.mean([h["samples_per_second"] for h in history]))
+    metrics = Metrics(
+        dataset_version=args.dataset_version,
+        model_version=args.model_version,
+        model_path=lake.uri(f"{model_dir}/model.keras"),
+        epochs=args.epochs,
+        test_accuracy=test_accuracy,
+        test_loss=test_loss,
+        samples_per_second=rate,
+        **shape,
+        seconds=seconds,
+        history=history,
+    )
+    with lake.fs.open(lake.path(f"{model_dir}/metrics.json"), "w") as f:
+        json.dump({**asdict(metrics), "args": asdict(args)}, f, indent=2)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(parse_args(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()

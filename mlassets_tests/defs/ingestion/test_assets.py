@@ -1,0 +1,112 @@
+"""`raw_events` and `landed_events` through Dagster, on the embedded hub and local lake."""
+
+import dagster as dg
+import pytest
+
+from mlassets.defs.ingestion.assets import landed_events, raw_events
+from mlassets.defs.ingestion.checks import INGESTION_CHECKS as ASSET_CHECKS
+from mlassets.defs.resources import local_resources
+from mlassets.simulate import make_events
+
+
+@pytest.fixture
+def resources(data_dir):
+    return local_resources()
+
+
+def publish(resources, count, malformed=0, seed=7):
+    events = make_events(count, malformed, seed)
+    resources["event_hub"].publish(events.bodies, events.partition_keys)
+    return events
+
+
+def materialize(resources, instance, run_config=None):
+    result = dg.materialize(
+        [raw_events, landed_events, *ASSET_CHECKS],
+        resources=resources,
+        instance=instance,
+        selection=[landed_events],
+        run_config=run_config,
+    )
+    assert result.success
+    meta = {
+        k: v.value
+        for k, v in result.asset_materializations_for_node("landed_events")[0].metadata.items()
+    }
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    return meta, checks
+
+
+def landed_rows(resources):
+    lake = resources["lake"]
+    return lake.read_parquet(lake.glob("landed/events/*/*.parquet"))
+
+
+def test_materializing_lands_valid_events_and_quarantines_the_rest(resources, instance):
+    publish(resources, 5000, malformed=50)
+    meta, checks = materialize(resources, instance)
+    assert meta["landed_rows"] == 4950
+    assert meta["quarantined_rows"] == 50
+    assert meta["total_landed_rows"] == 4950
+    assert checks == {"schema_and_ranges": True, "quarantine_ratio": True}
+    assert landed_rows(resources).num_rows == 4950
+
+
+def test_materializing_again_lands_nothing_new_and_duplicates_nothing(resources, instance):
+    publish(resources, 1000, malformed=10)
+    materialize(resources, instance)
+    meta, _ = materialize(resources, instance)
+    assert meta["landed_rows"] == 0 and meta["files_written"] == 0
+    assert meta["total_landed_rows"] == 990
+    table = landed_rows(resources)
+    assert table.num_rows == 990
+    assert len(set(table["sample_id"].to_pylist())) == 990
+
+
+def test_new_events_land_in_new_files_after_the_watermark(resources, instance):
+    publish(resources, 400, seed=1)
+    materialize(resources, instance)
+    publish(resources, 100, seed=2)
+    meta, _ = materialize(resources, instance)
+    assert meta["landed_rows"] == 100
+    assert meta["total_landed_rows"] == 500
+    assert landed_rows(resources).num_rows == 500
+
+
+def test_a_requested_range_lands_exactly_that_range_and_a_duplicate_run_rewrites_it(
+    resources, instance
+):
+    publish(resources, 300)
+    config = {
+        "ops": {
+            "landed_events": {"config": {"ranges": [{"partition_id": "1", "first": 0, "last": 9}]}}
+        }
+    }
+    meta, _ = materialize(resources, instance, config)
+    assert meta["files"] == ["landed/events/partition=1/seq=0-9.parquet"]
+    meta, _ = materialize(resources, instance, config)
+    assert meta["files"] == ["landed/events/partition=1/seq=0-9.parquet"]
+    assert meta["ranges"].records[0].data["rewrite"] is True
+    assert landed_rows(resources).num_rows == 10
+
+
+def test_a_high_quarantine_ratio_fails_its_check_but_not_the_run(resources, instance):
+    publish(resources, 100, malformed=30)
+    meta, checks = materialize(resources, instance)
+    assert meta["quarantine_ratio"] == pytest.approx(0.3)
+    assert checks["quarantine_ratio"] is False
+    assert checks["schema_and_ranges"] is True
+
+
+def test_observing_raw_events_reports_per_partition_sequence_numbers_and_backlog(
+    resources, instance
+):
+    publish(resources, 200)
+    result = dg.materialize(
+        [raw_events], resources=resources, instance=instance, selection=[raw_events.key]
+    )
+    assert result.success
+    observation = instance.fetch_observations(raw_events.key, limit=1).records[0].asset_observation
+    records = observation.metadata["partitions"].records
+    assert sum(r.data["backlog"] for r in records) == 200
+    assert sum(r.data["last_seq"] + 1 for r in records) == 200

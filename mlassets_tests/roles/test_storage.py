@@ -1,0 +1,116 @@
+"""The lake resource: the same calls on a local folder and on Blob Storage (Azurite)."""
+
+import pyarrow as pa
+import pytest
+
+from mlassets.roles.storage import LakeLocation, LakeStorage, parse_connection_string
+
+TABLE = pa.table({"sample_id": ["a", "b"], "pixels": [[1, 2], [3]]})
+
+
+@pytest.fixture(params=["local", "azurite"])
+def lake(request, tmp_path):
+    if request.param == "local":
+        return LakeStorage(url=f"file://{tmp_path}/lake")
+    container = request.getfixturevalue("azurite_container")
+    return LakeStorage(
+        url=f"abfs://{container}/mlassets", connection_string=request.getfixturevalue("azurite")
+    )
+
+
+@pytest.mark.azurite
+def test_parquet_round_trip(lake):
+    written = lake.write_parquet("landed/events/partition=0/seq=0-1.parquet", TABLE)
+    assert written > 0
+    assert lake.exists("landed/events/partition=0/seq=0-1.parquet")
+    assert lake.read_parquet("landed/events/partition=0/seq=0-1.parquet").equals(TABLE)
+
+
+@pytest.mark.azurite
+def test_glob_returns_lake_relative_paths_sorted(lake):
+    for name in ["b", "a"]:
+        lake.write_parquet(f"zone/partition=0/{name}.parquet", TABLE)
+    lake.write_parquet("other/c.parquet", TABLE)
+    assert lake.glob("zone/*/*.parquet") == [
+        "zone/partition=0/a.parquet",
+        "zone/partition=0/b.parquet",
+    ]
+    assert lake.read_parquet(lake.glob("zone/*/*.parquet")).num_rows == 4
+
+
+@pytest.mark.azurite
+def test_rewriting_a_file_replaces_it(lake):
+    lake.write_parquet("x.parquet", TABLE)
+    lake.write_parquet("x.parquet", TABLE.slice(0, 1))
+    assert lake.read_parquet("x.parquet").num_rows == 1
+
+
+@pytest.mark.azurite
+def test_delta_tables_open_and_merge_on_either(lake):
+    assert lake.delta_table("curated/t") is None
+    lake.write_delta("curated/t", pa.table({"k": ["a", "b"], "v": [1, 2]}))
+    table = lake.delta_table("curated/t")
+    (
+        table.merge(
+            pa.table({"k": ["b", "c"], "v": [20, 3]}),
+            "t.k = s.k",
+            source_alias="s",
+            target_alias="t",
+        )
+        .when_matched_update_all()
+        .when_not_matched_insert_all()
+        .execute()
+    )
+    rows = lake.delta_table("curated/t").to_pyarrow_table().sort_by("k").to_pylist()
+    assert rows == [{"k": "a", "v": 1}, {"k": "b", "v": 20}, {"k": "c", "v": 3}]
+    assert lake.delta_table("curated/t").version() == 1
+
+
+def test_a_local_write_never_leaves_a_partial_file(tmp_path, monkeypatch):
+    lake = LakeStorage(url=f"file://{tmp_path}/lake")
+    lake.write_parquet("f.parquet", TABLE)
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("pyarrow.parquet.write_table", explode)
+    with pytest.raises(OSError):
+        lake.write_parquet("f.parquet", TABLE.slice(0, 1))
+    monkeypatch.undo()
+    assert lake.read_parquet("f.parquet").equals(TABLE)  # the old file is intact
+    assert lake.glob("*") == ["f.parquet"]  # and no temporary is left behind
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("file:///data/lake", LakeLocation("file", "/data/lake")),
+        (
+            "abfs://lake@acct.dfs.core.windows.net/mlassets",
+            LakeLocation("abfs", "lake/mlassets", "acct"),
+        ),
+        ("abfs://lake/mlassets/", LakeLocation("abfs", "lake/mlassets")),
+        ("az://lake", LakeLocation("abfs", "lake")),
+    ],
+)
+def test_lake_urls_parse_into_protocol_root_and_account(url, expected):
+    assert LakeLocation.parse(url) == expected
+
+
+def test_an_unsupported_lake_url_is_refused_with_the_schemes_that_work():
+    with pytest.raises(ValueError, match="file:// or abfs://"):
+        LakeLocation.parse("s3://bucket/x")
+
+
+def test_delta_options_come_from_the_connection_string():
+    lake = LakeStorage(
+        url="abfs://lake/x",
+        connection_string="AccountName=acct;AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:10000/acct;",
+    )
+    assert lake.delta_storage_options() == {
+        "account_name": "acct",
+        "account_key": "a2V5",
+        "endpoint": "http://127.0.0.1:10000/acct",
+        "allow_http": "true",
+    }
+    assert parse_connection_string("A=1;B=x=y;")["B"] == "x=y"
