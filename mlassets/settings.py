@@ -284,6 +284,47 @@ def max_range_events() -> int:
     return int(get("MLASSETS_MAX_RANGE_EVENTS") or 50_000)
 
 
+# -- quality bars and the retraining policy: typed, defaults only in SETTINGS -----------------
+
+
+def _number(name: str, cast: type[int] | type[float]) -> int | float:
+    value = get(name)
+    try:
+        return cast(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise MissingSettingError(
+            f"{name} must be {'an integer' if cast is int else 'a number'}, not {value!r}"
+        ) from None
+
+
+def max_quarantine_ratio() -> float:
+    return float(_number("MLASSETS_MAX_QUARANTINE_RATIO", float))
+
+
+def min_class_rows() -> int:
+    return int(_number("MLASSETS_MIN_CLASS_ROWS", int))
+
+
+def min_test_accuracy() -> float:
+    return float(_number("MLASSETS_MIN_TEST_ACCURACY", float))
+
+
+def retrain_new_labels_fraction() -> float:
+    return float(_number("MLASSETS_RETRAIN_NEW_LABELS", float))
+
+
+def retrain_corrections() -> int:
+    return int(_number("MLASSETS_RETRAIN_CORRECTIONS", int))
+
+
+def retrain_psi() -> float:
+    return float(_number("MLASSETS_RETRAIN_PSI", float))
+
+
+def retrain_cooldown_minutes() -> float:
+    return float(_number("MLASSETS_RETRAIN_COOLDOWN_MINUTES", float))
+
+
 def labels_db_url() -> str:
     return os.environ.get("MLASSETS_LABELS_DB_URL") or f"sqlite:///{data_dir() / 'labels.db'}"
 

@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 
 from mlassets import settings
+from mlassets.defs.quality import policy_resources
 from mlassets.roles.datafactory import AzureDataFactory, LocalDataFactory
 from mlassets.roles.eventhub import AzureEventHub, EmbeddedEventHub
 from mlassets.roles.labels_db import AzureSqlLabelsDatabase, labels_database_class
@@ -42,6 +43,7 @@ def local_resources() -> dict[str, Any]:
         ),
         "message_queue": _local_queue(),
         "data_factory": _local_data_factory(),
+        **policy_resources(),
     }
 
 
@@ -113,6 +115,7 @@ def azure_resources() -> dict[str, Any]:
             or "https://management.azure.com",
             default_timeout_seconds=_adf_timeout(),
         ),
+        **policy_resources(),
     }
 
 
