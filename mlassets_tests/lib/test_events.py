@@ -6,10 +6,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+import mlassets.lib.events as events
 from mlassets.lib.events import (
     LANDED_SCHEMA,
     QUARANTINE_SCHEMA,
     RAW_EVENT_SCHEMA,
+    TIME_RANGE_REASON,
     decode_events,
     explain_body,
     raw_events_table,
@@ -74,6 +76,50 @@ def test_unknown_fields_are_ignored():
         (encode(body(sample_id="")), "sample_id must be a non-empty string"),
         (encode(body(sample_id=7)), "sample_id must be a non-empty string"),
         (encode(body(captured_at="yesterday")), "captured_at is not an ISO-8601 timestamp"),
+        # What used to raise out of the decoder and stop the landing:
+        (b"[" * 20_000 + b"]" * 20_000, "invalid JSON: nested too deeply"),
+        (
+            # deep in an unknown field, over two lines: the per-event path
+            (json.dumps(body(x=[1])).replace("[1]", "[" * 5000 + "]" * 5000) + "\n").encode(),
+            "invalid JSON: nested too deeply",
+        ),
+        (
+            encode(body(sample_id="\ud800")),
+            "sample_id is not valid Unicode (a lone surrogate escape)",
+        ),
+        (encode(body(source="a\udfff")), "source is not valid Unicode (a lone surrogate escape)"),
+        (encode(body(captured_at="0001-01-01T00:30:00+01:00")), TIME_RANGE_REASON),
+        (encode(body(captured_at="9999-12-31T23:00:00-05:00")), TIME_RANGE_REASON),
+        (encode(body(captured_at="0000-06-01T00:00:00+00:00")), TIME_RANGE_REASON),
+        # Caught before the reader, which would let these through:
+        (encode(body(sample_id="s")).replace(b'"s"', b'"s\xff"'), "body is not UTF-8"),
+        (
+            encode(body(sample_id="s")).replace(b'"s"', b'"s", "x": "\xc0\x80"'),
+            "body is not UTF-8",
+        ),
+        (
+            encode(body()).replace(b'"sample_id"', b'"sample_id": "a", "sample_id"'),
+            "duplicate field: sample_id",
+        ),
+        (
+            b'{"pixels": [1], ' + encode(body())[1:],
+            "duplicate field: pixels",
+        ),
+        (
+            encode(body()).replace(b"[0, 1,", b"[" + b"1" * 5000 + b", 1,"),
+            "invalid JSON: Exceeds the limit (4300 digits) for integer string conversion",
+        ),
+        (encode(body(pixels=[0] * 63 + [2**70])), "pixel values must be within 0..16"),
+        (encode(body(pixels=[True] * 64)), "pixels must be an array of integers"),
+        (encode(body(pixels=[[1]] * 64)), "pixels must be an array of integers"),
+        (encode(body(source={"name": "x"})), "source must be a string"),
+        (encode(body(captured_at=1_700_000_000)), "captured_at is not an ISO-8601 timestamp"),
+        (b'{"sample_id": "s"} null', "invalid JSON: Extra data"),
+        (
+            b"\xef\xbb\xbf" + encode(body()),
+            "invalid JSON: Unexpected UTF-8 BOM (decode using utf-8-sig)",
+        ),
+        (b" \t\r\n ", "empty body"),
     ],
 )
 def test_each_kind_of_malformed_event_is_quarantined_with_its_reason(payload, reason):
@@ -97,6 +143,8 @@ def test_the_per_event_check_and_the_bulk_path_agree():
         body(pixels=[0] * 63 + [17]),
         body(captured_at=...),
         body(sample_id=""),
+        body(captured_at="0001-01-01T00:30:00+01:00"),
+        body(captured_at="0000-06-01T00:00:00+00:00"),
     ]:
         _, reason = explain_body(encode(payload))
         decoded = decode_events(raw([encode(payload)]))
@@ -139,3 +187,112 @@ def test_an_empty_batch_decodes_to_empty_tables():
     decoded = decode_events(RAW_EVENT_SCHEMA.empty_table())
     assert decoded.landed.num_rows == decoded.quarantined.num_rows == 0
     assert decoded.landed.schema == LANDED_SCHEMA
+
+
+def test_a_valid_body_with_text_beyond_ascii_lands():
+    decoded = decode_events(
+        raw([encode(body(source="scanner-Zürich-東京"))] + [encode(body())] * 3)
+    )
+    assert decoded.quarantined.num_rows == 0
+    assert decoded.landed["source"][0].as_py() == "scanner-Zürich-東京"
+
+
+def test_a_body_above_the_size_limit_is_quarantined_unread(monkeypatch):
+    def unread(_body):
+        raise AssertionError("an oversized body must not be parsed")
+
+    big = encode(body(padding="x" * 70_000))
+    decoded = decode_events(raw([encode(body()), big]))
+    assert decoded.landed.num_rows == 1
+    (reason,) = decoded.quarantined["reason"].to_pylist()
+    assert (
+        reason
+        == f"body is {len(big):,} bytes, above the limit of 65,536 (MLASSETS_MAX_EVENT_BYTES)"
+    )
+
+    monkeypatch.setenv("MLASSETS_MAX_EVENT_BYTES", "400")
+    monkeypatch.setattr(events, "explain_body", unread)
+    pretty = json.dumps(body(), indent=4).encode()  # would take the per-event path
+    decoded = decode_events(raw([encode(body()), pretty]))
+    assert decoded.landed.num_rows == 1
+    assert decoded.quarantined["reason"][0].as_py().startswith(f"body is {len(pretty):,} bytes")
+    assert decode_events(raw([pretty]), max_body_bytes=10_000).landed.num_rows == 0  # unread
+
+
+def test_an_unexpected_error_on_one_body_quarantines_that_body_only(monkeypatch):
+    real = events.explain_body
+
+    def fragile(payload):
+        if payload is not None and b"boom" in payload:
+            raise MemoryError("no room for this one")
+        return real(payload)
+
+    monkeypatch.setattr(events, "explain_body", fragile)
+    bodies = [encode(body(sample_id=f"ok-{i}")) for i in range(40)]
+    bodies[5] = b"boom"  # takes the per-event path
+    decoded = decode_events(raw(bodies))
+    assert decoded.landed.num_rows == 39
+    assert decoded.quarantined["reason"].to_pylist() == [
+        "could not be decoded: MemoryError: no room for this one"
+    ]
+
+
+def test_a_record_that_cannot_be_stored_is_quarantined_not_raised(monkeypatch):
+    # Should the per-event check ever pass something Arrow cannot hold, only it is refused.
+    real = events.explain_body
+
+    def lenient(payload):
+        record, reason = real(payload)
+        if record is not None and record["sample_id"] == "bad":
+            record["sample_id"] = "\udc80"
+        return record, reason
+
+    monkeypatch.setattr(events, "explain_body", lenient)
+    pretty = [json.dumps(body(sample_id=i), indent=1).encode() for i in ("a", "bad", "c")]
+    decoded = decode_events(raw(pretty))
+    assert decoded.landed["sample_id"].to_pylist() == ["a", "c"]
+    (reason,) = decoded.quarantined["reason"].to_pylist()
+    assert reason.startswith("could not be decoded: UnicodeEncodeError")
+
+
+def test_if_the_bulk_path_fails_the_batch_is_decoded_event_by_event(monkeypatch):
+    def broken(_table):
+        raise ValueError("a bug in the array code")
+
+    bodies = [encode(body(sample_id=f"s-{i}")) for i in range(100)]
+    bodies[7] = b"not json"
+    bodies[9] = encode(body(pixels=[0] * 63 + [17]))
+    expected = decode_events(raw(bodies))
+    monkeypatch.setattr(events, "_semantic_reasons", broken)
+    decoded = decode_events(raw(bodies))
+    assert decoded.fallback == "ValueError: a bug in the array code"
+    assert decoded.slow_path == 100
+    assert decoded.landed.equals(expected.landed)
+    assert decoded.quarantined.equals(expected.quarantined)
+
+
+def test_thousands_of_hostile_bodies_never_raise_and_every_one_is_accounted_for():
+    rng = np.random.default_rng(3)
+    hostile = [
+        b"null",
+        b"[]",
+        b'"x"',
+        b"\x00" * 50,
+        b"{" * 3000,
+        b"[" * 3000 + b"]" * 3000,
+        encode(body(sample_id="\ud800")),
+        encode(body(captured_at="9999-12-31T23:59:59-00:01")),
+        encode(body()).replace(b'"s-1"', b'"s-\xfe"'),
+        b'{"sample_id": ' + b"9" * 400 + b"}",
+        encode(body(pixels=None)),
+        b"{}",
+        b"",
+    ]
+    bodies = [encode(body(sample_id=f"ok-{i}")) for i in range(1000)]
+    for position in sorted(rng.choice(1000, 300, replace=False).tolist()):
+        bodies[position] = hostile[position % len(hostile)]
+    decoded = decode_events(raw(bodies))
+    valid = sum(1 for b in bodies if b.startswith(b'{"sample_id": "ok-'))
+    assert decoded.landed.num_rows == valid
+    assert decoded.landed.num_rows + decoded.quarantined.num_rows == len(bodies)
+    assert all(decoded.quarantined["reason"].to_pylist())
