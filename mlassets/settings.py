@@ -72,6 +72,11 @@ SETTINGS: tuple[Setting, ...] = (
         "0.05",
     ),
     Setting(
+        "MLASSETS_MAX_EVENT_BYTES",
+        "largest event body the landing reads; a larger one is quarantined unread",
+        "65536",
+    ),
+    Setting(
         "MLASSETS_LABELS_DB_URL",
         "SQLAlchemy URL of the labels database: `sqlite:///path` (embedded twin) or "
         "`mssql+pyodbc://...` (Azure SQL, see Labels in the README)",
@@ -282,6 +287,13 @@ def lake_url() -> str:
 
 def max_range_events() -> int:
     return int(get("MLASSETS_MAX_RANGE_EVENTS") or 50_000)
+
+
+def max_event_bytes() -> int:
+    value = int(_number("MLASSETS_MAX_EVENT_BYTES", int))
+    if value < 1:
+        raise MissingSettingError(f"MLASSETS_MAX_EVENT_BYTES must be at least 1, not {value}")
+    return value
 
 
 # -- quality bars and the retraining policy: typed, defaults only in SETTINGS -----------------
