@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlassets.twins.sqlite import SqliteStore
 from mlassets.lib.events import RAW_EVENT_SCHEMA
 from mlassets.lib.partitions import PartitionProperties, partition_for_key
+from mlassets.twins.sqlite import SqliteStore
 
 SEGMENT_EVENTS = 16_384
 #: What a segment holds; the partition id is implied by the row that stores it.
@@ -153,8 +153,10 @@ class EventLog(SqliteStore):
         """Append events atomically; returns (partition id, sequence number) per event.
 
         Routing follows Event Hubs: an explicit partition id wins, then the event's partition
-        key (hashed), else round robin.
+        key (hashed), else round robin. A body that is not bytes (None, text, a dict) is
+        refused here, before anything is written, as Event Hubs carries bytes only.
         """
+        _check_bodies(bodies)
         n = len(bodies)
         if partition_keys is not None and len(partition_keys) != n:
             raise ValueError("partition_keys must have one entry per body")
@@ -296,6 +298,16 @@ class EventLog(SqliteStore):
                 (consumer_group,),
             )
         }
+
+
+def _check_bodies(bodies: Sequence[bytes]) -> None:
+    """Raise TypeError, naming the first offender, unless every body is bytes-like."""
+    for i, body in enumerate(bodies):
+        if not isinstance(body, bytes | bytearray | memoryview):
+            raise TypeError(
+                f"event body {i} is {type(body).__name__}, not bytes: an event body must be "
+                "bytes (encode text first, e.g. json.dumps(event).encode())"
+            )
 
 
 def _chunks(table: pa.Table, size: int) -> list[pa.Table]:

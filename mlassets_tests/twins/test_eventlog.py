@@ -124,3 +124,15 @@ def test_concurrent_writers_in_other_processes_never_reuse_a_sequence_number(tmp
         p.join(60)
     table = EventLog(path, partition_count=1).read("0", 0, 1000)
     assert table["sequence_number"].to_pylist() == list(range(100))
+
+
+@pytest.mark.parametrize("bad", [None, "text", {"sample_id": "s"}, 42])
+def test_a_body_that_is_not_bytes_is_refused_at_publish_and_nothing_is_written(log, bad):
+    with pytest.raises(TypeError, match=rf"event body 1 is {type(bad).__name__}, not bytes"):
+        log.append([b"fine", bad, b"also fine"])
+    assert all(log.partition_properties(p).is_empty for p in log.partition_ids())
+
+
+def test_bytes_like_bodies_are_stored_as_their_bytes(log):
+    log.append([bytearray(b"ab"), memoryview(b"cd"), b""], partition_id="0")
+    assert log.read("0", 0, 2)["body"].to_pylist() == [b"ab", b"cd", b""]
