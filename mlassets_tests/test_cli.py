@@ -1,5 +1,6 @@
 """`mlassets` on the command line: simulate, inspect the hub, run the demo."""
 
+import json
 import os
 import subprocess
 import sys
@@ -48,4 +49,56 @@ def test_in_azure_mode_a_missing_setting_is_named(monkeypatch):
     assert result.returncode == 2
     assert result.stderr.startswith("error: MLASSETS_DEPLOYMENT=azure needs")
     assert "MLASSETS_LAKE_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def hub_events(data_dir) -> list[tuple[str, int, bytes]]:
+    """(partition, sequence number, body) of every event on the embedded hub."""
+    from mlassets.defs.resources import local_resources
+
+    hub = local_resources()["event_hub"]
+    out = []
+    for p in hub.all_partition_properties():
+        table = hub.read_range(p.partition_id, 0, p.last_enqueued_sequence_number)
+        out += zip(
+            table["partition_id"].to_pylist(),
+            table["sequence_number"].to_pylist(),
+            table["body"].to_pylist(),
+            strict=True,
+        )
+    return out
+
+
+def test_publish_sends_each_line_of_a_file_as_one_body_byte_for_byte(data_dir, tmp_path):
+    lines = [b'{"sample_id": "a"}', b"null", b"", b"\xff\xfe not UTF-8", b"  spaced\t", b"\r"]
+    capture = tmp_path / "capture.jsonl"
+    # \r\n and \n both end a line; a last line without a terminator is still an event.
+    capture.write_bytes(b"\r\n".join(lines[:3]) + b"\r\n" + b"\n".join(lines[3:]))
+    out = mlassets("publish", str(capture)).stdout
+    assert f"published 6 events from {capture} to 'digits'" in out
+    assert sorted(body for _, _, body in hub_events(data_dir)) == sorted(lines)
+
+
+def test_publish_with_a_partition_key_sends_every_line_to_its_partition(data_dir, tmp_path):
+    capture = tmp_path / "capture.jsonl"
+    capture.write_bytes(b"one\ntwo\nthree\n")
+    mlassets("publish", str(capture), "--partition-key", "scanner-03")
+    events = hub_events(data_dir)
+    assert [body for _, _, body in events] == [b"one", b"two", b"three"]
+    assert len({partition for partition, _, _ in events}) == 1
+    state = json.loads(mlassets("hub", "--json").stdout)
+    assert state["hub"] == "digits"
+    by_id = {p["partition_id"]: p for p in state["partitions"]}
+    assert sorted(by_id) == ["0", "1", "2", "3"]
+    (partition, *_) = events[0]
+    assert by_id[partition]["last_enqueued_sequence_number"] == 2
+    assert by_id[partition]["beginning_sequence_number"] == 0
+    assert [p["is_empty"] for i, p in by_id.items() if i != partition] == [True] * 3
+    assert all(p["last_enqueued_sequence_number"] == -1 for i, p in by_id.items() if i != partition)
+
+
+def test_publish_of_a_missing_file_is_one_clear_line(data_dir, tmp_path):
+    result = mlassets("publish", str(tmp_path / "nope.jsonl"), check=False)
+    assert result.returncode == 2
+    assert "No such file or directory" in result.stderr
     assert "Traceback" not in result.stderr

@@ -140,9 +140,28 @@ def simulate_labels(
 
 
 @main.command("hub")
-def hub_info() -> None:
+@click.option("--json", "as_json", is_flag=True, help="print the partitions as JSON")
+def hub_info(as_json: bool) -> None:
     """Show the event hub's partitions: sequence numbers and last enqueued time."""
     hub = _resource("event_hub")
+    if as_json:
+        import json
+
+        partitions = [
+            {
+                "partition_id": p.partition_id,
+                "beginning_sequence_number": p.beginning_sequence_number,
+                "last_enqueued_sequence_number": p.last_enqueued_sequence_number,
+                "last_enqueued_offset": p.last_enqueued_offset,
+                "last_enqueued_time": p.last_enqueued_time.isoformat()
+                if p.last_enqueued_time
+                else None,
+                "is_empty": p.is_empty,
+            }
+            for p in hub.all_partition_properties()
+        ]
+        click.echo(json.dumps({"hub": hub.hub_name, "partitions": partitions}, indent=2))
+        return
     click.echo(f"event hub {hub.hub_name!r}")
     click.echo(f"{'partition':>9}  {'beginning':>9}  {'last seq':>9}  last enqueued")
     for p in hub.all_partition_properties():
@@ -483,6 +502,10 @@ def adf_import_incoming(drop_path: str) -> None:
         f"{meta['adf_run_id']} on {meta['adf_engine']}; Dagster run {result.run_id}"
     )
 
+
+from mlassets.cli.publish import publish  # noqa: E402 - a command module that imports main's helpers
+
+main.add_command(publish)
 
 if __name__ == "__main__":
     main()
