@@ -71,9 +71,9 @@ def _metadata_of(source: Any) -> Mapping[str, Any]:
     """The metadata of a record, event, materialization, result or plain mapping."""
     if isinstance(source, Mapping):
         return source
+    if isinstance(source, dg.DagsterEvent):
+        return source.step_materialization_data.materialization.metadata
     materialization = getattr(source, "asset_materialization", None)  # EventLogEntry/Record
-    if materialization is None and getattr(source, "step_materialization_data", None):
-        materialization = source.step_materialization_data.materialization  # DagsterEvent
     if materialization is not None:
         return materialization.metadata
     metadata = getattr(source, "metadata", None)  # AssetMaterialization, MaterializeResult
@@ -194,7 +194,7 @@ class TableMetadata(AssetMetadata):
     """What the UI understands about a table: its columns, its size and where it lives."""
 
     #: The table's rows (all of it, not this run's).
-    row_count: int = field(default=0, metadata=recorded_as("int", "dagster/row_count"))
+    row_count: int | None = field(default=None, metadata=recorded_as("int", "dagster/row_count"))
     column_schema: dg.TableSchema | None = field(
         default=None, metadata=recorded_as("schema", "dagster/column_schema")
     )

@@ -8,6 +8,14 @@ import dagster as dg
 
 from mlassets import settings
 from mlassets.lib.layout import LANDED_PREFIX, QUARANTINE_PREFIX
+from mlassets.lib.metadata import (
+    LANDED_EVENTS,
+    RAW_EVENTS,
+    IncomingMetadata,
+    LandingMetadata,
+    column_schema,
+    lake_uri,
+)
 from mlassets.roles.eventhub import EventHubResource, PartitionProperties
 from mlassets.roles.storage import LakeStorage
 
@@ -23,7 +31,7 @@ def _hub_state_version(marks: dict[str, int]) -> dg.DataVersion:
 
 
 @dg.observable_source_asset(
-    name="raw_events",
+    key=RAW_EVENTS,
     group_name="ingestion",
     description="Digit events on Azure Event Hubs (or the embedded hub): per-partition last "
     "sequence number and the backlog not landed yet.",
@@ -104,7 +112,7 @@ class LandingConfig(dg.Config):
 
 
 @dg.asset(
-    name="landed_events",
+    key=LANDED_EVENTS,
     deps=[raw_events],
     group_name="ingestion",
     description="Validated, typed digit events as Parquet, one file per (partition, sequence "
@@ -119,7 +127,14 @@ def landed_events(
     event_hub: EventHubResource,
     lake: LakeStorage,
 ) -> dg.MaterializeResult:
-    from mlassets.lib.landing import EventRange, backlog, land_range, landed_ranges, resolve, watermarks
+    from mlassets.lib.landing import (
+        EventRange,
+        backlog,
+        land_range,
+        landed_ranges,
+        resolve,
+        watermarks,
+    )
 
     landed = landed_ranges(lake)
     if config.ranges:
@@ -146,24 +161,39 @@ def landed_events(
             f"{f', {result.expired} expired from the hub' if result.expired else ''}"
             f" ({result.read_events / max(result.seconds, 1e-9):,.0f} events/s)"
         )
-    previous = _previous_total(context)
     return dg.MaterializeResult(
-        metadata=landing_metadata(results, lake, previous),
+        metadata=landing_metadata(
+            results, lake, landed_row_count(context.instance, lake, results)
+        ).to_metadata(),
         data_version=_hub_state_version(watermarks(landed)),
     )
 
 
-def _previous_total(context: dg.AssetExecutionContext) -> int:
-    event = context.instance.get_latest_materialization_event(context.asset_key)
-    if event is None or event.asset_materialization is None:
-        return 0
-    value = event.asset_materialization.metadata.get("total_landed_rows")
-    return int(value.value) if value is not None else 0
+def landed_row_count(
+    instance: dg.DagsterInstance, lake: LakeStorage, results: list["LandingResult"]
+) -> int:
+    """Rows in the landed table after this landing: the previous landing's total, plus its
+    new files and the drops imported since; footers only when there is no previous total."""
+    from mlassets.lib.tables import running_total
+
+    previous = LandingMetadata.latest_recorded(instance)
+    added = sum(r.landed_rows for r in results if not r.rewrite)
+    if previous is not None:
+        imports = IncomingMetadata.history(instance, previous.storage_id, limit=10_000)
+        added += sum(i.metadata.net_new_rows for i in imports)
+    return running_total(
+        previous.metadata.row_count if previous else None,
+        added,
+        lake,
+        f"{LANDED_PREFIX}/partition=*/*.parquet",
+    )
 
 
 def landing_metadata(
-    results: list["LandingResult"], lake: LakeStorage, previous_total: int
-) -> dict:
+    results: list["LandingResult"], lake: LakeStorage, row_count: int
+) -> LandingMetadata:
+    from mlassets.lib.events import LANDED_SCHEMA
+
     landed = sum(r.landed_rows for r in results)
     quarantined = sum(r.quarantined_rows for r in results)
     seconds = sum(r.seconds for r in results)
@@ -172,17 +202,15 @@ def landing_metadata(
     for r in results:
         for reason, n in r.reasons.items():
             reasons[reason] = reasons.get(reason, 0) + n
-    new_rows = sum(r.landed_rows for r in results if not r.rewrite)
-    return {
-        "landed_rows": dg.MetadataValue.int(landed),
-        "quarantined_rows": dg.MetadataValue.int(quarantined),
-        "quarantine_ratio": dg.MetadataValue.float(quarantined / events if events else 0.0),
-        "expired_events": dg.MetadataValue.int(sum(r.expired for r in results)),
-        "total_landed_rows": dg.MetadataValue.int(previous_total + new_rows),
-        "files_written": dg.MetadataValue.int(len(results)),
-        "bytes_written": dg.MetadataValue.int(sum(r.bytes_written for r in results)),
-        "events_per_second": dg.MetadataValue.float(round(events / seconds, 1) if seconds else 0.0),
-        "ranges": dg.MetadataValue.table(
+    return LandingMetadata(
+        landed_rows=landed,
+        quarantined_rows=quarantined,
+        quarantine_ratio=quarantined / events if events else 0.0,
+        expired_events=sum(r.expired for r in results),
+        files_written=len(results),
+        bytes_written=sum(r.bytes_written for r in results),
+        events_per_second=round(events / seconds, 1) if seconds else 0.0,
+        ranges=dg.MetadataValue.table(
             [
                 dg.TableRecord(
                     {
@@ -209,17 +237,22 @@ def landing_metadata(
                 ]
             ),
         ),
-        "quarantine_reasons": dg.MetadataValue.md(
-            "| reason | events |\n|---|---|\n"
-            + "".join(f"| {k} | {v} |\n" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
-            if reasons
-            else "No event was quarantined."
-        ),
+        quarantine_reasons=reasons_markdown(reasons, "events", "No event was quarantined."),
         # Read by the asset checks: exactly the files this materialization wrote.
-        "files": dg.MetadataValue.json([r.range.landed_path for r in results]),
-        "lake_path": dg.MetadataValue.path(lake.uri(LANDED_PREFIX)),
-        "quarantine_path": dg.MetadataValue.path(lake.uri(QUARANTINE_PREFIX)),
-    }
+        files=[r.range.landed_path for r in results],
+        quarantine_path=lake.uri(QUARANTINE_PREFIX),
+        row_count=row_count,
+        column_schema=column_schema(LANDED_SCHEMA),
+        uri=lake_uri(lake.uri(LANDED_PREFIX)),
+    )
+
+
+def reasons_markdown(reasons: dict[str, int], unit: str, none: str) -> str:
+    """Quarantine reasons as a table, most frequent first."""
+    if not reasons:
+        return none
+    rows = sorted(reasons.items(), key=lambda kv: -kv[1])
+    return f"| reason | {unit} |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
 
 
 ingest_events = dg.define_asset_job(

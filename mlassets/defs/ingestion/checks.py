@@ -1,43 +1,31 @@
 """Checks on the landed events.
 
 The landed-events checks read back exactly the files the latest materialization wrote (its
-`files` metadata), so they verify what is on storage, at a cost that does not grow with
-the lake.
+`LandingMetadata.files`), so they verify what is on storage, at a cost that does not grow with
+the lake. Thresholds come from the `quality` resource (QualityPolicy), shown in the UI.
 """
 
 from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from mlassets import settings
 from mlassets.defs.ingestion.assets import landed_events
+from mlassets.defs.quality import QualityPolicy
 from mlassets.lib.lazy import lazy
+from mlassets.lib.metadata import LandingMetadata
 from mlassets.roles.storage import LakeStorage
 
 # Loaded when a check runs, not when the code location loads.
 np = lazy("numpy")
-pa = lazy("pyarrow")
 pc = lazy("pyarrow.compute")
 events = lazy("mlassets.lib.events")
 landing = lazy("mlassets.lib.landing")
 
 if TYPE_CHECKING:
     import numpy as np
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     from mlassets.lib import events, landing
-
-
-def max_quarantine_ratio() -> float:
-    return float(settings.get("MLASSETS_MAX_QUARANTINE_RATIO") or 0.05)
-
-
-def _latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict:
-    event = instance.get_latest_materialization_event(key)
-    if event is None or event.asset_materialization is None:
-        return {}
-    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
 def validate_landed_file(lake: LakeStorage, path: str) -> list[str]:
@@ -86,8 +74,8 @@ def validate_landed_file(lake: LakeStorage, path: str) -> list[str]:
 def landed_events_schema_and_ranges(
     context: dg.AssetCheckExecutionContext, lake: LakeStorage
 ) -> dg.AssetCheckResult:
-    meta = _latest_metadata(context.instance, landed_events.key)
-    files = list(meta.get("files") or [])
+    latest = LandingMetadata.latest(context.instance)
+    files = latest.files if latest else []
     problems = [p for f in files for p in validate_landed_file(lake, f)]
     partition_gaps = {
         p: g for p, rs in landing.landed_ranges(lake).items() if (g := landing.gaps(rs))
@@ -109,16 +97,17 @@ def landed_events_schema_and_ranges(
 @dg.asset_check(
     asset=landed_events,
     name="quarantine_ratio",
-    description="Share of events quarantined by the latest landing stays below "
-    "MLASSETS_MAX_QUARANTINE_RATIO (default 5%).",
+    description="Share of events quarantined by the latest landing stays at or below the "
+    "`quality` resource's max_quarantine_ratio (MLASSETS_MAX_QUARANTINE_RATIO).",
 )
-def landed_events_quarantine_ratio(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    meta = _latest_metadata(context.instance, landed_events.key)
-    landed = int(meta.get("landed_rows") or 0)
-    quarantined = int(meta.get("quarantined_rows") or 0)
-    total = landed + quarantined
+def landed_events_quarantine_ratio(
+    context: dg.AssetCheckExecutionContext, quality: QualityPolicy
+) -> dg.AssetCheckResult:
+    latest = LandingMetadata.latest(context.instance) or LandingMetadata()
+    quarantined = latest.quarantined_rows
+    total = latest.landed_rows + quarantined
     ratio = quarantined / total if total else 0.0
-    limit = max_quarantine_ratio()
+    limit = quality.max_quarantine_ratio
     return dg.AssetCheckResult(
         passed=ratio <= limit,
         severity=dg.AssetCheckSeverity.ERROR,

@@ -15,15 +15,21 @@ import json
 import dagster as dg
 
 from mlassets import settings
-from mlassets.defs.ingestion.assets import LANDING_POOL_TAG, ingest_events, observe_hub, raw_events
-
-#: Enough to drain a large backlog in a few ticks without flooding the run queue.
+from mlassets.defs.ingestion.assets import (
+    LANDING_POOL_TAG,
+    ingest_events,
+    landed_events,
+    observe_hub,
+    raw_events,
+)
 from mlassets.lib.lazy import lazy
 from mlassets.roles.eventhub import EventHubResource
 from mlassets.roles.storage import LakeStorage
 
 # Loaded when a run or tick needs them, not when the code location loads.
 landing = lazy("mlassets.lib.landing")
+
+#: Enough to drain a large backlog in a few ticks without flooding the run queue.
 MAX_RUNS_PER_TICK = 32
 
 
@@ -49,7 +55,7 @@ def plan_requests(
                     run_key=rng.run_key(hub_name),
                     run_config={
                         "ops": {
-                            "landed_events": {
+                            landed_events.op.name: {
                                 "config": {
                                     "ranges": [
                                         {

@@ -9,6 +9,14 @@ from pydantic import Field
 
 from mlassets.lib.layout import CDC_PREFIX, LABELS_PATH
 from mlassets.lib.lazy import lazy
+from mlassets.lib.metadata import (
+    CDC_DELTAS,
+    LABELS,
+    CaptureMetadata,
+    LabelsMetadata,
+    column_schema,
+    lake_uri,
+)
 from mlassets.roles.datafactory import DataFactoryResource, run_metadata
 from mlassets.roles.labels_db import CdcNotEnabledError, LabelsDatabase
 from mlassets.roles.storage import LakeStorage
@@ -35,7 +43,7 @@ class CaptureConfig(dg.Config):
 
 
 @dg.asset(
-    name="cdc_deltas",
+    key=CDC_DELTAS,
     group_name="labels",
     description="Changes of the labels table (Azure SQL CDC, or the embedded twin's), one "
     f"Parquet batch per LSN range under `{CDC_PREFIX}/`: operation, LSN and the row.",
@@ -67,35 +75,46 @@ def cdc_deltas(
             f"captured through {_lsn(result.watermark)}"
         )
     return dg.MaterializeResult(
-        metadata=capture_metadata(result, lake),
+        metadata=capture_metadata(
+            result, lake, captured_row_count(context.instance, lake, result.rows)
+        ).to_metadata(),
         data_version=dg.DataVersion(result.captured_through or "none"),
     )
 
 
-def capture_metadata(result: "cdc.CaptureResult", lake: LakeStorage) -> dict:
+def captured_row_count(instance: dg.DagsterInstance, lake: LakeStorage, added: int) -> int:
+    """Change rows in all batches: the previous capture's total plus this one's (footers
+    only when there is no previous total)."""
+    from mlassets.lib.tables import running_total
+
+    previous = CaptureMetadata.latest(instance)
+    return running_total(
+        previous.row_count if previous else None, added, lake, f"{CDC_PREFIX}/*.parquet"
+    )
+
+
+def capture_metadata(
+    result: "cdc.CaptureResult", lake: LakeStorage, row_count: int
+) -> CaptureMetadata:
     ops = result.operations()
     rows = result.rows
     first, last = (result.batches[0], result.batches[-1]) if result.batches else (None, None)
-    return {
-        "changes": dg.MetadataValue.int(rows),
-        "inserts": dg.MetadataValue.int(ops["insert"]),
-        "updates": dg.MetadataValue.int(ops["update_after"]),
-        "deletes": dg.MetadataValue.int(ops["delete"]),
-        "update_before_images": dg.MetadataValue.int(ops["update_before"]),
-        "from_lsn": dg.MetadataValue.text(_lsn(first.range.first if first else None)),
-        "to_lsn": dg.MetadataValue.text(_lsn(last.range.last if last else None)),
-        "captured_through_lsn": dg.MetadataValue.text(_lsn(result.captured_through)),
-        "previous_watermark": dg.MetadataValue.text(
-            f"{_lsn(result.watermark)} ({result.watermark_source})"
-        ),
-        "source_min_lsn": dg.MetadataValue.text(_lsn(result.bounds.min_lsn)),
-        "source_max_lsn": dg.MetadataValue.text(_lsn(result.bounds.max_lsn)),
-        "files_written": dg.MetadataValue.int(len(result.batches)),
-        "bytes_written": dg.MetadataValue.int(sum(b.bytes_written for b in result.batches)),
-        "changes_per_second": dg.MetadataValue.float(
-            round(rows / result.seconds, 1) if result.seconds and rows else 0.0
-        ),
-        "batches": dg.MetadataValue.table(
+    return CaptureMetadata(
+        changes=rows,
+        inserts=ops["insert"],
+        updates=ops["update_after"],
+        deletes=ops["delete"],
+        update_before_images=ops["update_before"],
+        from_lsn=_lsn(first.range.first if first else None),
+        to_lsn=_lsn(last.range.last if last else None),
+        captured_through_lsn=_lsn(result.captured_through),
+        previous_watermark=f"{_lsn(result.watermark)} ({result.watermark_source})",
+        source_min_lsn=_lsn(result.bounds.min_lsn),
+        source_max_lsn=_lsn(result.bounds.max_lsn),
+        files_written=len(result.batches),
+        bytes_written=sum(b.bytes_written for b in result.batches),
+        changes_per_second=round(rows / result.seconds, 1) if result.seconds and rows else 0.0,
+        batches=dg.MetadataValue.table(
             [
                 dg.TableRecord(
                     {
@@ -123,9 +142,11 @@ def capture_metadata(result: "cdc.CaptureResult", lake: LakeStorage) -> dict:
             ),
         ),
         # Read by the asset checks: exactly the batches this materialization wrote.
-        "files": dg.MetadataValue.json([b.range.path for b in result.batches]),
-        "lake_path": dg.MetadataValue.path(lake.uri(CDC_PREFIX)),
-    }
+        files=[b.range.path for b in result.batches],
+        row_count=row_count,
+        column_schema=column_schema(cdc.CHANGE_SCHEMA),
+        uri=lake_uri(lake.uri(CDC_PREFIX)),
+    )
 
 
 class LabelsConfig(dg.Config):
@@ -137,7 +158,7 @@ class LabelsConfig(dg.Config):
 
 
 @dg.asset(
-    name="labels",
+    key=LABELS,
     deps=[cdc_deltas],
     group_name="labels",
     description=f"The current label of every sample as a Delta Lake table (`{LABELS_PATH}`), "
@@ -185,18 +206,17 @@ def labels(
         f"Delta version {applied.version_after}"
         + ("" if applied.committed else " (no new version)")
     )
-    metadata = labels_metadata(lake, applied, snapshot)
-    if snapshot is not None and snapshot.run is not None:
-        metadata.update(run_metadata(snapshot.run, prefix="snapshot_"))
     return dg.MaterializeResult(
-        metadata=metadata,
+        metadata=labels_metadata(lake, applied, snapshot).to_metadata(),
         data_version=dg.DataVersion(str(applied.version_after)),
     )
 
 
 def labels_metadata(
     lake: LakeStorage, applied: "cdc.ApplyResult", snapshot: "cdc.LabelsSnapshot | None"
-) -> dict:
+) -> LabelsMetadata:
+    """Row count and schema from the Delta log (no data read); the per-class figures read
+    the label column only."""
     dt = lake.delta_table(LABELS_PATH)
     rows = cdc.labels_row_count(dt)
     counts = pc.value_counts(dt.to_pyarrow_table(columns=["label"])["label"])
@@ -204,27 +224,23 @@ def labels_metadata(
         zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True),
         key=lambda kv: (kv[0] is None, kv[0] if kv[0] is not None else 0),
     )
-    return {
-        "delta_version": dg.MetadataValue.int(applied.version_after),
-        "dagster/row_count": dg.MetadataValue.int(rows),
-        "row_count": dg.MetadataValue.int(rows),
-        "changes_applied": dg.MetadataValue.int(applied.keys_changed),
-        "changes_read": dg.MetadataValue.int(applied.changes_read),
-        "inserted": dg.MetadataValue.int(applied.inserted),
-        "updated": dg.MetadataValue.int(applied.updated),
-        "deleted": dg.MetadataValue.int(applied.deleted),
-        "new_version": dg.MetadataValue.bool(applied.committed or snapshot is not None),
-        "applied_lsn": dg.MetadataValue.text(_lsn(applied.applied_lsn)),
-        "snapshot_lsn": dg.MetadataValue.text(_lsn(applied.snapshot_lsn)),
-        "initial_load": dg.MetadataValue.text(
+    return LabelsMetadata(
+        delta_version=applied.version_after,
+        changes_applied=applied.keys_changed,
+        changes_read=applied.changes_read,
+        inserted=applied.inserted,
+        updated=applied.updated,
+        deleted=applied.deleted,
+        new_version=applied.committed or snapshot is not None,
+        applied_lsn=_lsn(applied.applied_lsn),
+        snapshot_lsn=_lsn(applied.snapshot_lsn),
+        initial_load=(
             f"{snapshot.rows} rows at LSN {_lsn(snapshot.lsn)} via {snapshot.via} ({snapshot.path})"
             if snapshot
             else "-"
         ),
-        "batches_applied": dg.MetadataValue.md(
-            "\n".join(f"- `{r.path}`" for r in applied.batches) or "none"
-        ),
-        "labels_per_class": dg.MetadataValue.table(
+        batches_applied="\n".join(f"- `{r.path}`" for r in applied.batches) or "none",
+        labels_per_class=dg.MetadataValue.table(
             [
                 dg.TableRecord({"label": "NULL" if k is None else str(k), "rows": n})
                 for k, n in by_label
@@ -233,9 +249,16 @@ def labels_metadata(
                 columns=[dg.TableColumn("label", "string"), dg.TableColumn("rows", "int")]
             ),
         ),
-        "seconds": dg.MetadataValue.float(round(applied.seconds, 3)),
-        "path": dg.MetadataValue.path(lake.uri(LABELS_PATH)),
-    }
+        seconds=round(applied.seconds, 3),
+        snapshot_run=(
+            run_metadata(snapshot.run, prefix="snapshot_")
+            if snapshot is not None and snapshot.run is not None
+            else {}
+        ),
+        row_count=rows,
+        column_schema=column_schema(cdc.LABEL_SCHEMA),
+        uri=lake_uri(lake.uri(LABELS_PATH)),
+    )
 
 
 sync_labels = dg.define_asset_job(

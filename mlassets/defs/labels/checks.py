@@ -4,9 +4,9 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from mlassets.defs.ingestion.checks import _latest_metadata
 from mlassets.defs.labels.assets import cdc_deltas, labels
 from mlassets.lib.lazy import lazy
+from mlassets.lib.metadata import CaptureMetadata
 from mlassets.roles.storage import LakeStorage
 
 # Loaded when a check runs, not when the code location loads.
@@ -133,7 +133,8 @@ def cdc_deltas_lsn_contiguity(
     context: dg.AssetCheckExecutionContext, lake: LakeStorage
 ) -> dg.AssetCheckResult:
     live, links, snapshot_lsn = cdc.live_chain(lake)
-    files = list(_latest_metadata(context.instance, cdc_deltas.key).get("files") or [])
+    latest = CaptureMetadata.latest(context.instance)
+    files = latest.files if latest else []
     problems = [p for f in files for p in validate_batch_file(lake, f)]
     problems += [f"no batch covers LSNs 0x{a}..0x{b}" for a, b in links.gaps]
     overlaps = [f"{a} overlaps {b}" for a, b in links.overlaps]

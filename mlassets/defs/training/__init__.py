@@ -3,7 +3,11 @@
 import dagster as dg
 
 from mlassets.defs.training.dataset import DATASET_CHECKS, training_dataset
-from mlassets.defs.training.model import digit_classifier, digit_classifier_test_accuracy, train_model
+from mlassets.defs.training.model import (
+    digit_classifier,
+    digit_classifier_test_accuracy,
+    train_model,
+)
 from mlassets.defs.training.sensors import retraining_sensor
 
 defs = dg.Definitions(

@@ -2,11 +2,20 @@
 
 import dagster as dg
 
-from mlassets import settings
-from mlassets.defs.labels.assets import labels
 from mlassets.defs.ingestion.assets import landed_events
+from mlassets.defs.labels.assets import labels
+from mlassets.defs.quality import QualityPolicy
 from mlassets.lib.layout import LABELS_PATH
 from mlassets.lib.lazy import lazy
+from mlassets.lib.metadata import (
+    LABELS,
+    LANDED_EVENTS,
+    TRAINING_DATASET,
+    DatasetMetadata,
+    column_lineage,
+    column_schema,
+    lake_uri,
+)
 from mlassets.roles.storage import LakeStorage
 
 # Loaded when a run or tick needs them, not when the code location loads.
@@ -17,13 +26,17 @@ datasets = lazy("mlassets.lib.datasets")
 events = lazy("mlassets.lib.events")
 landing = lazy("mlassets.lib.landing")
 
-
-def min_class_rows() -> int:
-    return int(settings.get("MLASSETS_MIN_CLASS_ROWS") or 20)
+#: Where each column of the dataset comes from (shown as column lineage in the UI).
+DATASET_LINEAGE = {
+    "sample_id": [(LANDED_EVENTS, "sample_id"), (LABELS, "sample_id")],
+    "pixels": [(LANDED_EVENTS, "pixels")],
+    "label": [(LABELS, "label")],
+    "split": [(LANDED_EVENTS, "sample_id")],  # a stable hash of it
+}
 
 
 @dg.asset(
-    name="training_dataset",
+    key=TRAINING_DATASET,
     deps=[landed_events, labels],
     group_name="training",
     description="Landed events joined with current labels (latest event per sample; retracted "
@@ -48,12 +61,12 @@ def training_dataset(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg
     )
     return dg.MaterializeResult(
         data_version=dg.DataVersion(dataset.version),
-        metadata={
-            "version": dg.MetadataValue.text(dataset.version),
-            "path": dg.MetadataValue.path(lake.uri(datasets.dataset_dir(dataset.version))),
-            "dagster/row_count": dg.MetadataValue.int(dataset.table.num_rows),
-            **{f"{name}_rows": dg.MetadataValue.int(rows[name]) for name in datasets.SPLITS},
-            "class_histogram": dg.MetadataValue.table(
+        metadata=DatasetMetadata(
+            version=dataset.version,
+            train_rows=rows["train"],
+            validation_rows=rows["validation"],
+            test_rows=rows["test"],
+            class_histogram=dg.MetadataValue.table(
                 [
                     dg.TableRecord({"class": c, **{s: histogram[s][c] for s in datasets.SPLITS}})
                     for c in range(10)
@@ -63,18 +76,20 @@ def training_dataset(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg
                     + [dg.TableColumn(s, "int") for s in datasets.SPLITS]
                 ),
             ),
-            "labels_delta_version": dg.MetadataValue.int(
-                labels_table.version() if labels_table is not None else -1
-            ),
-            "landed_ranges": dg.MetadataValue.json(_ranges_read(files)),
-            "landed_events_read": dg.MetadataValue.int(landed.num_rows),
-            "labels_read": dg.MetadataValue.int(current.num_rows),
-            "files": dg.MetadataValue.json(written),
+            labels_delta_version=labels_table.version() if labels_table is not None else -1,
+            landed_ranges=_ranges_read(files),
+            landed_events_read=landed.num_rows,
+            labels_read=current.num_rows,
+            files=written,
             # The reference distribution for the retraining sensor's drift policy.
-            "pixel_histogram": dg.MetadataValue.json(
-                [round(x, 6) for x in datasets.pixel_histogram(dataset.split("train")["pixels"])]
-            ),
-        },
+            pixel_histogram=[
+                round(x, 6) for x in datasets.pixel_histogram(dataset.split("train")["pixels"])
+            ],
+            row_count=dataset.table.num_rows,
+            column_schema=column_schema(dataset.table.schema),
+            column_lineage=column_lineage(DATASET_LINEAGE),
+            uri=lake_uri(lake.uri(datasets.dataset_dir(dataset.version))),
+        ).to_metadata(),
     )
 
 
@@ -88,20 +103,19 @@ def _ranges_read(files: list[str]) -> dict[str, list[str]]:
 
 
 def _latest_version(instance: dg.DagsterInstance) -> str | None:
-    event = instance.get_latest_materialization_event(training_dataset.key)
-    if event is None or event.asset_materialization is None:
-        return None
-    return event.asset_materialization.metadata["version"].value
+    latest = DatasetMetadata.latest(instance)
+    return latest.version if latest and latest.version else None
 
 
 @dg.asset_check(
     asset=training_dataset,
     name="class_balance",
-    description="Every digit has at least MLASSETS_MIN_CLASS_ROWS (default 20) training rows.",
+    description="Every digit has at least the `quality` resource's min_class_rows training rows "
+    "(MLASSETS_MIN_CLASS_ROWS).",
     blocking=True,
 )
 def training_dataset_class_balance(
-    context: dg.AssetCheckExecutionContext, lake: LakeStorage
+    context: dg.AssetCheckExecutionContext, lake: LakeStorage, quality: QualityPolicy
 ) -> dg.AssetCheckResult:
     version = _latest_version(context.instance)
     train = (
@@ -110,15 +124,16 @@ def training_dataset_class_balance(
         else datasets.DATASET_SCHEMA.empty_table()
     )
     counts = np.bincount(train["label"].to_numpy(), minlength=10)
-    short = {int(c): int(n) for c, n in enumerate(counts) if n < min_class_rows()}
+    threshold = quality.min_class_rows
+    short = {int(c): int(n) for c, n in enumerate(counts) if n < threshold}
     return dg.AssetCheckResult(
         passed=not short,
         metadata={
             "min_rows": dg.MetadataValue.int(int(counts.min())),
-            "threshold": dg.MetadataValue.int(min_class_rows()),
+            "threshold": dg.MetadataValue.int(threshold),
             "classes_below_threshold": dg.MetadataValue.json(short),
         },
-        description=f"classes below {min_class_rows()} training rows: {short}" if short else None,
+        description=f"classes below {threshold} training rows: {short}" if short else None,
     )
 
 

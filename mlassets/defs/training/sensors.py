@@ -1,26 +1,34 @@
 """`retraining_sensor`: retrain when the data says so, not on a timer.
 
-Policies, each against the dataset the newest model was trained on:
-- new labels: the labels table grew by at least MLASSETS_RETRAIN_NEW_LABELS (10%);
-- corrections: at least MLASSETS_RETRAIN_CORRECTIONS label updates arrived by CDC;
+Policies, each against the dataset the newest model was trained on (thresholds: the
+`retraining_policy` resource, RetrainingPolicy, from the MLASSETS_RETRAIN_* variables):
+- new labels: the labels table grew by at least `new_labels_fraction`;
+- corrections: at least `corrections` label updates arrived by CDC;
 - drift: the pixel distribution of newly landed events moved away from the training split's
-  (population stability index >= MLASSETS_RETRAIN_PSI, 0.2).
+  (population stability index >= `psi`).
 It stays quiet during a cooldown after the last training and while a training run is queued
 or running. The reason travels as run tags and ends up in the model's metadata.
 
-A tick reads event-log metadata only; the drift policy reads the Parquet of one landing, and
-only when a landing happened since the last tick.
+A tick reads event-log metadata only (through `mlassets.lib.metadata`); the drift policy
+reads the Parquet of one landing, and only when a landing happened since the last tick.
 """
 
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import dagster as dg
 
-from mlassets import settings
+from mlassets.defs.quality import RetrainingPolicy
 from mlassets.defs.training.model import TRAINING_POOL_TAG, train_model
 from mlassets.lib.lazy import lazy
+from mlassets.lib.metadata import (
+    CaptureMetadata,
+    DatasetMetadata,
+    IncomingMetadata,
+    LabelsMetadata,
+    LandingMetadata,
+    ModelMetadata,
+)
 from mlassets.roles.storage import LakeStorage
 
 # Loaded when a run or tick needs them, not when the code location loads.
@@ -35,88 +43,47 @@ ACTIVE = [
 ]
 
 
-@dataclass(frozen=True)
-class Policy:
-    new_labels_fraction: float = 0.10
-    corrections: int = 50
-    psi: float = 0.2
-    cooldown_minutes: float = 30.0
-
-    @classmethod
-    def from_settings(cls) -> "Policy":
-        return cls(
-            new_labels_fraction=float(settings.get("MLASSETS_RETRAIN_NEW_LABELS") or 0.10),
-            corrections=int(settings.get("MLASSETS_RETRAIN_CORRECTIONS") or 50),
-            psi=float(settings.get("MLASSETS_RETRAIN_PSI") or 0.2),
-            cooldown_minutes=float(settings.get("MLASSETS_RETRAIN_COOLDOWN_MINUTES") or 30),
-        )
-
-
-def _meta(record) -> dict:
-    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
-
-
-def _latest(instance: dg.DagsterInstance, key: str):
-    records = instance.fetch_materializations(dg.AssetKey(key), limit=1).records
-    return records[0] if records else None
-
-
-def _since(instance: dg.DagsterInstance, key: str, after_storage_id: int, limit: int = 1000):
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), after_storage_id=after_storage_id),
-        limit=limit,
-    ).records
-    return records
-
-
-def _dataset_of(instance: dg.DagsterInstance, version: str):
-    for record in instance.fetch_materializations(
-        dg.AssetKey("training_dataset"), limit=200
-    ).records:
-        if _meta(record).get("version") == version:
-            return record
-    return None
-
-
 def evaluate(
-    instance: dg.DagsterInstance, lake: LakeStorage, policy: Policy, cursor: dict
+    instance: dg.DagsterInstance, lake: LakeStorage, policy: RetrainingPolicy, cursor: dict
 ) -> tuple[str | None, str | None, dict]:
     """(policy name, reason, new cursor); (None, why-not, cursor) when nothing fires."""
-    model = _latest(instance, "digit_classifier")
+    model = ModelMetadata.latest(instance)
     if model is None:
         return None, "no digit_classifier yet: the first one is trained on demand", cursor
-    dataset = _dataset_of(instance, _meta(model).get("dataset_version", ""))
+    dataset = DatasetMetadata.of_version(instance, model.dataset_version)
     if dataset is None:
         return None, "the newest model's dataset is not in the event log", cursor
-    ds = _meta(dataset)
+    ds = dataset.metadata
 
-    labels_now = _latest(instance, "labels")
+    labels_now = LabelsMetadata.latest(instance)
     if labels_now is not None:
-        before = int(ds.get("labels_read") or 0)
-        now = int(_meta(labels_now).get("row_count") or 0)
+        before = ds.labels_read
+        now = labels_now.row_count or 0
         grown = (now - before) / before if before else (1.0 if now else 0.0)
         if grown >= policy.new_labels_fraction:
             return (
                 "new_labels",
-                f"labels grew {grown:.0%} ({before} -> {now}) since dataset {ds['version']}",
+                f"labels grew {grown:.0%} ({before} -> {now}) since dataset {ds.version}",
                 cursor,
             )
 
-    corrections = sum(
-        int(_meta(r).get("updates") or 0)
-        for r in _since(instance, "cdc_deltas", dataset.storage_id)
-    )
+    captures = CaptureMetadata.history(instance, dataset.storage_id, limit=1000)
+    corrections = sum(r.metadata.updates for r in captures)
     if corrections >= policy.corrections:
         return (
             "corrections",
-            f"{corrections} label corrections since dataset {ds['version']}",
+            f"{corrections} label corrections since dataset {ds.version}",
             cursor,
         )
 
-    reference = ds.get("pixel_histogram")
-    landings = _since(instance, "landed_events", max(dataset.storage_id, cursor.get("landed", 0)))
+    reference = ds.pixel_histogram
+    after = max(dataset.storage_id, cursor.get("landed", 0))
+    landings = [  # hub landings and imported drops: both add rows to the landed table
+        *LandingMetadata.history(instance, after, limit=1000),
+        *IncomingMetadata.history(instance, after, limit=1000),
+    ]
     cursor = {**cursor, "landed": max([cursor.get("landed", 0), *(r.storage_id for r in landings)])}
-    files = [f for r in landings for f in (_meta(r).get("files") or [])]
+    files = [f for r in landings for f in r.metadata.files]
     if reference and files:
         recent = lake.read_parquet(files, columns=["pixels"], schema=events.LANDED_SCHEMA)
         if recent.num_rows:
@@ -141,9 +108,11 @@ def evaluate(
     description="Requests train_model when new labels, label corrections or pixel drift say "
     "the current model is stale; with a cooldown, never while training runs.",
 )
-def retraining_sensor(context: dg.SensorEvaluationContext, lake: LakeStorage) -> dg.SensorResult:
+def retraining_sensor(
+    context: dg.SensorEvaluationContext, lake: LakeStorage, retraining_policy: RetrainingPolicy
+) -> dg.SensorResult:
     cursor = json.loads(context.cursor) if context.cursor else {}
-    policy = Policy.from_settings()
+    policy = retraining_policy
     training = context.instance.get_runs(
         filters=dg.RunsFilter(job_name=train_model.name, statuses=ACTIVE), limit=1
     )

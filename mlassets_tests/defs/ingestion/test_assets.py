@@ -6,6 +6,8 @@ import pytest
 from mlassets.defs.ingestion.assets import landed_events, raw_events
 from mlassets.defs.ingestion.checks import INGESTION_CHECKS as ASSET_CHECKS
 from mlassets.defs.resources import local_resources
+from mlassets.lib.events import LANDED_SCHEMA
+from mlassets.lib.metadata import LandingMetadata
 from mlassets.simulate import make_events
 
 
@@ -29,10 +31,7 @@ def materialize(resources, instance, run_config=None):
         run_config=run_config,
     )
     assert result.success
-    meta = {
-        k: v.value
-        for k, v in result.asset_materializations_for_node("landed_events")[0].metadata.items()
-    }
+    meta = LandingMetadata.from_run(result)
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     return meta, checks
 
@@ -45,19 +44,38 @@ def landed_rows(resources):
 def test_materializing_lands_valid_events_and_quarantines_the_rest(resources, instance):
     publish(resources, 5000, malformed=50)
     meta, checks = materialize(resources, instance)
-    assert meta["landed_rows"] == 4950
-    assert meta["quarantined_rows"] == 50
-    assert meta["total_landed_rows"] == 4950
+    assert meta.landed_rows == 4950
+    assert meta.quarantined_rows == 50
+    assert meta.row_count == 4950
     assert checks == {"schema_and_ranges": True, "quarantine_ratio": True}
     assert landed_rows(resources).num_rows == 4950
+
+
+def test_a_landing_records_the_landed_tables_schema_size_and_location(resources, instance):
+    publish(resources, 300)
+    meta, _ = materialize(resources, instance)
+    assert [c.name for c in meta.column_schema.columns] == LANDED_SCHEMA.names
+    assert meta.row_count == landed_rows(resources).num_rows == 300
+    assert meta.uri == f"file://{resources['lake'].uri('landed/events')}"
+    assert LandingMetadata.latest(instance) == meta
+
+
+def test_the_row_count_is_the_tables_not_the_runs_even_on_a_fresh_instance(resources, instance):
+    publish(resources, 200, seed=1)
+    materialize(resources, instance)
+    publish(resources, 50, seed=2)
+    with dg.DagsterInstance.ephemeral() as fresh:
+        meta, _ = materialize(resources, fresh)  # no previous total: counted from footers
+    assert meta.landed_rows == 50
+    assert meta.row_count == 250
 
 
 def test_materializing_again_lands_nothing_new_and_duplicates_nothing(resources, instance):
     publish(resources, 1000, malformed=10)
     materialize(resources, instance)
     meta, _ = materialize(resources, instance)
-    assert meta["landed_rows"] == 0 and meta["files_written"] == 0
-    assert meta["total_landed_rows"] == 990
+    assert meta.landed_rows == 0 and meta.files_written == 0
+    assert meta.row_count == 990
     table = landed_rows(resources)
     assert table.num_rows == 990
     assert len(set(table["sample_id"].to_pylist())) == 990
@@ -68,8 +86,8 @@ def test_new_events_land_in_new_files_after_the_watermark(resources, instance):
     materialize(resources, instance)
     publish(resources, 100, seed=2)
     meta, _ = materialize(resources, instance)
-    assert meta["landed_rows"] == 100
-    assert meta["total_landed_rows"] == 500
+    assert meta.landed_rows == 100
+    assert meta.row_count == 500
     assert landed_rows(resources).num_rows == 500
 
 
@@ -83,17 +101,17 @@ def test_a_requested_range_lands_exactly_that_range_and_a_duplicate_run_rewrites
         }
     }
     meta, _ = materialize(resources, instance, config)
-    assert meta["files"] == ["landed/events/partition=1/seq=0-9.parquet"]
+    assert meta.files == ["landed/events/partition=1/seq=0-9.parquet"]
     meta, _ = materialize(resources, instance, config)
-    assert meta["files"] == ["landed/events/partition=1/seq=0-9.parquet"]
-    assert meta["ranges"].records[0].data["rewrite"] is True
+    assert meta.files == ["landed/events/partition=1/seq=0-9.parquet"]
+    assert meta.ranges.records[0].data["rewrite"] is True
     assert landed_rows(resources).num_rows == 10
 
 
 def test_a_high_quarantine_ratio_fails_its_check_but_not_the_run(resources, instance):
     publish(resources, 100, malformed=30)
     meta, checks = materialize(resources, instance)
-    assert meta["quarantine_ratio"] == pytest.approx(0.3)
+    assert meta.quarantine_ratio == pytest.approx(0.3)
     assert checks["quarantine_ratio"] is False
     assert checks["schema_and_ranges"] is True
 

@@ -7,9 +7,9 @@ import dagster as dg
 import pytest
 
 from mlassets.definitions import defs
+from mlassets.defs.ingestion.sensors import eventhub_sensor, plan_requests
 from mlassets.defs.resources import local_resources
 from mlassets.lib.landing import EventRange, land_range
-from mlassets.defs.ingestion.sensors import eventhub_sensor, plan_requests
 
 
 @pytest.fixture

@@ -11,10 +11,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from mlassets.lib import cdc
 from mlassets.defs.labels.assets import LABELS_POOL_TAG, cdc_deltas, labels
 from mlassets.defs.labels.checks import LABELS_CHECKS as ASSET_CHECKS
 from mlassets.defs.resources import local_resources
+from mlassets.lib import cdc
+from mlassets.lib.metadata import CaptureMetadata, LabelsMetadata
 from mlassets.settings import PROJECT_ROOT
 from mlassets.simulate import make_events, record_truth, simulate_labels
 
@@ -45,11 +46,8 @@ def materialize(resources, instance, selection=(cdc_deltas, labels), run_config=
 
 
 def metadata(result, node):
-    return {
-        k: v.value
-        for m in result.asset_materializations_for_node(node)
-        for k, v in m.metadata.items()
-    }
+    contract = {"cdc_deltas": CaptureMetadata, "labels": LabelsMetadata}[node]
+    return contract.from_run(result)
 
 
 def checks(result):
@@ -126,34 +124,41 @@ def test_metadata_reports_counts_lsns_and_the_delta_version(resources, instance,
     simulate_labels(resources["labels_db"], data_dir, seed=1)
     first = materialize(resources, instance)
     capture = metadata(first, "cdc_deltas")
-    assert capture["changes"] == capture["inserts"] == resources["labels_db"].count_labels()
-    assert capture["files_written"] == 1 and capture["deletes"] == 0
-    assert capture["to_lsn"] == "0x" + resources["labels_db"].max_lsn()
+    assert capture.changes == capture.inserts == resources["labels_db"].count_labels()
+    assert capture.files_written == 1 and capture.deletes == 0
+    assert capture.to_lsn == "0x" + resources["labels_db"].max_lsn()
     loaded = metadata(first, "labels")
-    assert loaded["delta_version"] == 0
-    assert loaded["row_count"] == loaded["dagster/row_count"] == capture["changes"]
-    assert "rows at LSN" in loaded["initial_load"]
+    assert loaded.delta_version == 0
+    assert loaded.row_count == capture.changes == len(delta_rows(data_dir))
+    assert [c.name for c in loaded.column_schema.columns] == cdc.LABEL_SCHEMA.names
+    assert loaded.uri == f"file://{data_dir / 'lake' / 'curated' / 'labels'}"
+    assert capture.row_count == capture.changes  # every change batch so far
+    assert [c.name for c in capture.column_schema.columns] == cdc.CHANGE_SCHEMA.names
+    assert "rows at LSN" in loaded.initial_load
     assert set(checks(first)) == {"lsn_contiguity", "label_domain", "unique_keys"}
     assert all(e.passed for e in checks(first).values())
 
     done = simulate_labels(resources["labels_db"], data_dir, seed=2)
     second = materialize(resources, instance)
     capture = metadata(second, "cdc_deltas")
-    assert capture["updates"] == done.corrected and capture["deletes"] == done.retracted
-    assert capture["from_lsn"] == "0x" + cdc.next_lsn(metadata(first, "cdc_deltas")["to_lsn"][2:])
+    assert capture.updates == done.corrected and capture.deletes == done.retracted
+    assert capture.from_lsn == "0x" + cdc.next_lsn(metadata(first, "cdc_deltas").to_lsn[2:])
     loaded = metadata(second, "labels")
-    assert loaded["delta_version"] == 1
+    assert loaded.delta_version == 1
     # A label corrected and then retracted in the same round is one delete.
-    assert loaded["deleted"] == done.retracted and loaded["updated"] <= done.corrected
-    assert loaded["changes_applied"] == loaded["updated"] + loaded["deleted"]
-    assert loaded["applied_lsn"] == capture["to_lsn"]
-    counts = {r.data["label"]: r.data["rows"] for r in loaded["labels_per_class"].records}
-    assert sum(counts.values()) == loaded["row_count"]
+    assert loaded.deleted == done.retracted and loaded.updated <= done.corrected
+    assert loaded.changes_applied == loaded.updated + loaded.deleted
+    assert loaded.applied_lsn == capture.to_lsn
+    counts = {r.data["label"]: r.data["rows"] for r in loaded.labels_per_class.records}
+    assert sum(counts.values()) == loaded.row_count
+
+    assert capture.row_count == metadata(first, "cdc_deltas").changes + capture.changes
+    assert loaded.row_count == len(delta_rows(data_dir))
 
     third = materialize(resources, instance)
-    assert metadata(third, "cdc_deltas")["files_written"] == 0
-    assert metadata(third, "labels")["delta_version"] == 1
-    assert metadata(third, "labels")["new_version"] is False
+    assert metadata(third, "cdc_deltas").files_written == 0
+    assert metadata(third, "labels").delta_version == 1
+    assert metadata(third, "labels").new_version is False
 
 
 def test_invalid_labels_fail_the_domain_check_listing_the_offending_keys(
@@ -272,7 +277,7 @@ def test_expired_retention_fails_clearly_and_a_resnapshot_recovers(resources, in
         selection=[labels],
         run_config={"ops": {"labels": {"config": {"resnapshot": True}}}},
     )
-    assert metadata(resnap, "labels")["delta_version"] == 1
+    assert metadata(resnap, "labels").delta_version == 1
     assert by_key_rows(resources) == by_key_source(resources)
     db.delete_labels(["b"])
     materialize(resources, instance)

@@ -4,11 +4,12 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
-from mlassets.lib import cdc
 from mlassets.definitions import defs
-from mlassets.defs.resources import local_resources
-from mlassets.roles.labels_db import SqliteLabelsDatabase, lsn_hex
 from mlassets.defs.labels.sensors import labels_cdc_sensor, plan_request
+from mlassets.defs.resources import local_resources
+from mlassets.lib import cdc
+from mlassets.roles.labels_db import lsn_hex
+from mlassets.twins.labels_db import SqliteLabelsDatabase
 
 
 @pytest.fixture

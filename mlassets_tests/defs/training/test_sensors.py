@@ -6,9 +6,17 @@ import json
 import dagster as dg
 import pytest
 
+from mlassets.defs.quality import RetrainingPolicy
 from mlassets.defs.resources import local_resources
-from mlassets.lib.events import LANDED_SCHEMA
 from mlassets.defs.training.sensors import retraining_sensor
+from mlassets.lib.events import LANDED_SCHEMA
+from mlassets.lib.metadata import (
+    CaptureMetadata,
+    DatasetMetadata,
+    LabelsMetadata,
+    LandingMetadata,
+    ModelMetadata,
+)
 
 UNIFORM = [1 / 17] * 17
 
@@ -18,25 +26,25 @@ def lake(data_dir):
     return local_resources()["lake"]
 
 
-def report(instance, key, **metadata):
-    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, metadata=metadata))
+def report(instance, recorded):
+    """A materialization recording `recorded` (one of the metadata contracts)."""
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key=recorded.asset_key, metadata=recorded.to_metadata())
+    )
 
 
 def trained_on(instance, labels_read=1000, histogram=UNIFORM):
     """A dataset built from `labels_read` labels, and a model trained on it."""
     report(
-        instance,
-        "training_dataset",
-        version="ds1",
-        labels_read=labels_read,
-        pixel_histogram=dg.MetadataValue.json(histogram),
+        instance, DatasetMetadata(version="ds1", labels_read=labels_read, pixel_histogram=histogram)
     )
-    report(instance, "digit_classifier", dataset_version="ds1", model_version="m1")
+    report(instance, ModelMetadata(dataset_version="ds1", model_version="m1"))
 
 
 def tick(instance, lake, cursor=None):
+    resources = {"lake": lake, "retraining_policy": RetrainingPolicy.from_settings()}
     return retraining_sensor(
-        dg.build_sensor_context(instance=instance, cursor=cursor, resources={"lake": lake})
+        dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     )
 
 
@@ -58,7 +66,7 @@ def land(lake, instance, pixel_value, rows=200):
         schema=LANDED_SCHEMA,
     )
     lake.write_parquet(path, table)
-    report(instance, "landed_events", files=dg.MetadataValue.json([path]))
+    report(instance, LandingMetadata(files=[path]))
 
 
 def test_nothing_fires_without_a_model(instance, lake):
@@ -69,13 +77,13 @@ def test_nothing_fires_without_a_model(instance, lake):
 
 def test_nothing_fires_when_the_data_has_not_changed(instance, lake):
     trained_on(instance)
-    report(instance, "labels", row_count=1050)  # +5% only
+    report(instance, LabelsMetadata(row_count=1050))  # +5% only
     assert not tick(instance, lake).run_requests
 
 
 def test_new_labels_beyond_the_fraction_fire_with_their_reason(instance, lake):
     trained_on(instance, labels_read=1000)
-    report(instance, "labels", row_count=1150)
+    report(instance, LabelsMetadata(row_count=1150))
     (request,) = tick(instance, lake).run_requests
     assert request.tags["mlassets/retrain-policy"] == "new_labels"
     assert (
@@ -87,10 +95,10 @@ def test_new_labels_beyond_the_fraction_fire_with_their_reason(instance, lake):
 
 
 def test_label_corrections_since_the_dataset_fire(instance, lake):
-    report(instance, "cdc_deltas", updates=500)  # before the dataset: does not count
+    report(instance, CaptureMetadata(updates=500))  # before the dataset: does not count
     trained_on(instance)
-    report(instance, "cdc_deltas", updates=30)
-    report(instance, "cdc_deltas", updates=25)
+    report(instance, CaptureMetadata(updates=30))
+    report(instance, CaptureMetadata(updates=25))
     (request,) = tick(instance, lake).run_requests
     assert request.tags["mlassets/retrain-policy"] == "corrections"
     assert request.tags["mlassets/retrain-reason"].startswith("55 label corrections")
@@ -114,7 +122,7 @@ def test_drift_is_measured_once_per_landing(instance, lake):
 
 def test_cooldown_keeps_it_quiet_after_a_recent_training(instance, lake):
     trained_on(instance, labels_read=1000)
-    report(instance, "labels", row_count=5000)
+    report(instance, LabelsMetadata(row_count=5000))
     instance.add_run(
         dg.DagsterRun(job_name="train_model", run_id="r1", status=dg.DagsterRunStatus.SUCCESS)
     )
@@ -128,7 +136,7 @@ def test_cooldown_keeps_it_quiet_after_a_recent_training(instance, lake):
 @pytest.mark.parametrize("status", [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTED])
 def test_never_while_a_training_is_queued_or_running(instance, lake, status):
     trained_on(instance, labels_read=1000)
-    report(instance, "labels", row_count=5000)
+    report(instance, LabelsMetadata(row_count=5000))
     instance.add_run(dg.DagsterRun(job_name="train_model", run_id="r2", status=status))
     result = tick(instance, lake)
     assert not result.run_requests
@@ -138,7 +146,7 @@ def test_never_while_a_training_is_queued_or_running(instance, lake, status):
 def test_after_the_cooldown_it_fires_again(instance, lake, monkeypatch):
     monkeypatch.setenv("MLASSETS_RETRAIN_COOLDOWN_MINUTES", "0")
     trained_on(instance, labels_read=1000)
-    report(instance, "labels", row_count=5000)
+    report(instance, LabelsMetadata(row_count=5000))
     instance.add_run(
         dg.DagsterRun(job_name="train_model", run_id="r3", status=dg.DagsterRunStatus.SUCCESS)
     )
