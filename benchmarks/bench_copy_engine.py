@@ -24,10 +24,10 @@ import pyarrow.csv as pa_csv
 from benchmarks.common import Row, best_of
 from mlassets.lib.events import decode_events
 from mlassets.lib.incoming import Drop, import_drop
-from mlassets.roles.datafactory import LocalDataFactory
-from mlassets.roles.labels_db import SqliteLabelsDatabase
 from mlassets.roles.storage import LakeStorage
 from mlassets.simulate import make_events
+from mlassets.twins.adf.factory import LocalDataFactory
+from mlassets.twins.labels_db import SqliteLabelsDatabase
 
 EVENTS = 200_000
 

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 from benchmarks.common import Row, best_of
 from mlassets.lib.events import decode_events
 from mlassets.lib.landing import EventRange, land_range
-from mlassets.roles.eventhub import EmbeddedEventHub
 from mlassets.roles.storage import LakeStorage
 from mlassets.simulate import make_events
+from mlassets.twins.eventhub import EmbeddedEventHub
 
 EVENTS = 200_000
 

@@ -8,8 +8,9 @@ import pytest
 
 from mlassets import settings
 from mlassets.defs.resources import build_resources
-from mlassets.roles.eventhub import AzureEventHub, EmbeddedEventHub
+from mlassets.roles.eventhub import AzureEventHub
 from mlassets.settings import PROJECT_ROOT, MissingSettingError
+from mlassets.twins.eventhub import EmbeddedEventHub
 
 PY = sys.executable
 BIN = os.path.dirname(PY)

@@ -8,9 +8,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from mlassets.roles.labels_db import SqliteLabelsDatabase
 from mlassets.settings import PROJECT_ROOT
 from mlassets.simulate import make_events, record_truth, simulate_labels
+from mlassets.twins.labels_db import SqliteLabelsDatabase
 
 
 @pytest.fixture

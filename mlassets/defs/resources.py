@@ -3,6 +3,9 @@
 Assets, checks and sensors ask for roles (`lake`, `event_hub`, ...) and never learn which
 implementation they got. Azure settings are passed as `dg.EnvVar`, so Dagster resolves them
 at run time and shows only the variable's name in the UI, never its value.
+
+This is the one module of the code location that imports the embedded twins (`mlassets.twins`):
+the role modules hold only their interface, their contract types and the Azure implementation.
 """
 
 from __future__ import annotations
@@ -14,17 +17,35 @@ import dagster as dg
 
 from mlassets import settings
 from mlassets.defs.quality import policy_resources
-from mlassets.roles.datafactory import AzureDataFactory, LocalDataFactory
-from mlassets.roles.eventhub import AzureEventHub, EmbeddedEventHub
-from mlassets.roles.labels_db import AzureSqlLabelsDatabase, labels_database_class
-from mlassets.roles.servicebus import AzureServiceBusQueue, EmbeddedQueue
+from mlassets.roles.datafactory import AzureDataFactory
+from mlassets.roles.eventhub import AzureEventHub
+from mlassets.roles.labels_db import AzureSqlLabelsDatabase, LabelsDatabase
+from mlassets.roles.servicebus import AzureServiceBusQueue
 from mlassets.roles.storage import LakeStorage
 from mlassets.roles.training import LocalHorovod
+from mlassets.twins.adf.factory import LocalDataFactory
+from mlassets.twins.eventhub import EmbeddedEventHub
+from mlassets.twins.labels_db import SqliteLabelsDatabase
+from mlassets.twins.servicebus import EmbeddedQueue
 
 
 def _env(name: str) -> dg.EnvVar | None:
     """An EnvVar when the variable is set (resolved at run time), else None."""
     return dg.EnvVar(name) if os.environ.get(name) else None
+
+
+def labels_database_class(url: str) -> type[LabelsDatabase]:
+    """The implementation that speaks this URL's dialect."""
+    # The URL's scheme names the dialect (`dialect+driver://`): no need to load SQLAlchemy.
+    backend = url.split(":", 1)[0].split("+", 1)[0].lower()
+    if backend == "sqlite":
+        return SqliteLabelsDatabase
+    if backend == "mssql":
+        return AzureSqlLabelsDatabase
+    raise ValueError(
+        f"MLASSETS_LABELS_DB_URL: unsupported database {backend!r}; use sqlite:/// (embedded) "
+        "or mssql+pyodbc:// (Azure SQL)"
+    )
 
 
 def local_resources() -> dict[str, Any]:

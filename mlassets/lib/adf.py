@@ -3,11 +3,13 @@
 `adf/` holds linked services, datasets and pipelines in the layout and JSON format that ADF's
 git integration writes (``adf/<kind>/<name>.json``, each ``{"name": ..., "properties": ...}``).
 The same files are deployed to a factory (`AzureDataFactory.deploy`) and interpreted by the
-embedded copy engine (`mlassets.twins.adf.engine`).
+embedded copy engine (the ADF twin's engine).
 
 This module has no Azure SDK and no Dagster in it: it loads and checks the files, orders them
 for deployment, coerces run parameters to the types the pipeline declares, and defines the
-run result both engines return (`PipelineRunResult`) and the errors they raise.
+run result both engines return (`PipelineRunResult`) and the errors they raise. It also
+writes JSON string literals the way ADF's JSON sinks do (`json_quote`), in Arrow compute
+kernels, for the engine and for the library code that writes drops in the same format.
 """
 
 from __future__ import annotations
@@ -17,9 +19,18 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mlassets.lib.lazy import lazy
 from mlassets.settings import PROJECT_ROOT
+
+# Loaded on first use: the code location loads this module, and only copies touch columns.
+pa = lazy("pyarrow")
+pc = lazy("pyarrow.compute")
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
 ADF_DIR = PROJECT_ROOT / "adf"
 
@@ -441,3 +452,34 @@ class PipelineRunCancelled(PipelineRunError):
 
 class PipelineRunTimeout(PipelineRunError):
     """The run did not finish in time; it was cancelled before this was raised."""
+
+
+# -- JSON text, vectorized ----------------------------------------------------------------
+
+_ESCAPES = [
+    ("\\", "\\\\"),
+    ('"', '\\"'),
+    ("\n", "\\n"),
+    ("\r", "\\r"),
+    ("\t", "\\t"),
+    ("\b", "\\b"),
+    ("\f", "\\f"),
+]
+
+
+def json_quote(arr: pa.Array) -> pa.Array:
+    """Strings -> their JSON string literals (null -> ``null``), all in compute kernels."""
+    arr = arr.cast(pa.string()) if not pa.types.is_string(arr.type) else arr
+    text = arr
+    # One scan decides whether any value needs escaping at all (ids, names and timestamps
+    # rarely do); only then the replacement passes run.
+    if pc.any(pc.match_substring_regex(arr, r'["\\\x00-\x1f]')).as_py():
+        for raw, escaped in _ESCAPES:
+            text = pc.replace_substring(text, raw, escaped)
+        if pc.any(pc.match_substring_regex(text, r"[\x00-\x1f]")).as_py():
+            for code in range(32):  # the rare remaining control characters
+                char = chr(code)
+                if char not in "\n\r\t\b\f":
+                    text = pc.replace_substring(text, char, f"\\u{code:04x}")
+    quoted = pc.binary_join_element_wise('"', text, '"', "")
+    return pc.fill_null(quoted, "null")

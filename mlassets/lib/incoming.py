@@ -40,8 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from mlassets.lib.adf import PipelineRunResult
-from mlassets.twins.adf.engine import json_quote
+from mlassets.lib.adf import PipelineRunResult, json_quote
 from mlassets.lib.events import QUARANTINE_SCHEMA, RAW_EVENT_SCHEMA, Decoded, decode_events
 from mlassets.lib.landing import LANDED_PREFIX, QUARANTINE_PREFIX
 from mlassets.lib.layout import INCOMING_PREFIX

@@ -5,9 +5,10 @@
 Copy metrics), or raises `PipelineRunFailed` / `PipelineRunCancelled` / `PipelineRunTimeout`
 with the run id and the engine's message. `deploy()` publishes the artifacts.
 
-- `LocalDataFactory` runs the JSON on the embedded engine (`mlassets.twins.adf.engine`)
-  against the lake and the SQL database of this deployment, and keeps a record of every run
-  under the data dir. `deploy()` validates every pipeline against the engine's subset.
+- `LocalDataFactory`, the embedded twin (in the twins package, next to its copy engine), runs
+  the JSON on this machine against the lake and the SQL database of this deployment, and keeps
+  a record of every run under the data dir. `deploy()` validates every pipeline against the
+  engine's subset.
 - `AzureDataFactory` talks to a real factory with azure-mgmt-datafactory: `deploy()` creates
   or updates linked services, datasets and pipelines in dependency order (after checking every
   file against the SDK's models); a run is `pipelines.create_run`, then `pipeline_runs.get`
@@ -53,14 +54,13 @@ from mlassets.lib.adf import (
     masked,
     secure_parameter_names,
 )
-from mlassets.roles.storage import LakeLocation, LakeStorage
+from mlassets.roles.storage import LakeLocation
 
 __all__ = [
     "CANCELLED",
     "AzureDataFactory",
     "DataFactoryResource",
     "DeployAction",
-    "LocalDataFactory",
     "lake_service_url",
     "run_metadata",
     "sdk_problems",
@@ -140,51 +140,6 @@ class DataFactoryResource(dg.ConfigurableResource, ABC):
         defaults = {k: v for k, v in self.lake_parameters().items() if k in declared}
         values = coerce_parameters(artifact, parameters, defaults)
         return self._run(artifact, values, timeout or self.default_timeout_seconds, log or _log)
-
-
-# -- local --------------------------------------------------------------------------------------
-
-
-class LocalDataFactory(DataFactoryResource):
-    """The embedded engine: the same pipeline JSON, run on this machine."""
-
-    lake_url: str = Field(description="the lake the file datasets live in (as LakeStorage's url)")
-    lake_connection_string: str | None = Field(
-        default=None, description="storage connection string of an abfs:// lake (may be a secret)"
-    )
-    sql_url: str | None = Field(
-        default=None, description="SQLAlchemy URL of the SQL datasets' database (may hold a secret)"
-    )
-    runs_dir: str | None = Field(default=None, description="where a record of each run is kept")
-
-    @property
-    def lake(self) -> LakeStorage:
-        return LakeStorage(url=self.lake_url, connection_string=self.lake_connection_string)
-
-    @property
-    def engine(self) -> str:
-        return "local"
-
-    def lake_parameters(self) -> dict[str, str]:
-        return {"lakeFileSystem": "", "lakeRoot": ""}
-
-    def copy_engine(self):
-        from mlassets.twins.adf.engine import CopyEngine
-
-        return CopyEngine(self.artifacts(), self.lake, self.sql_url, self.runs_dir)
-
-    def _run(self, artifact: Artifact, values: dict, timeout: float, log: Any) -> PipelineRunResult:
-        log.info(f"running pipeline {artifact.name!r} on the local engine")
-        return self.copy_engine().run(artifact.name, values, timeout=timeout)
-
-    def deploy(self, log: Any = None, dry_run: bool = False) -> list[DeployAction]:
-        engine = self.copy_engine()
-        actions = []
-        for artifact in self.artifacts().deploy_order():
-            if artifact.kind == "pipeline":
-                engine.validate(artifact.name)
-            actions.append(DeployAction(artifact.kind, artifact.name, "validated"))
-        return actions
 
 
 # -- Azure --------------------------------------------------------------------------------------

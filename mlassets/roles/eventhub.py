@@ -3,6 +3,9 @@
 The sensor needs partition ids and partition properties (cheap, O(partitions)); the landing
 step needs "events first..last of partition p", bounded in time; the simulator needs to
 publish. Both implementations return events as RAW_EVENT_SCHEMA tables.
+
+This module holds the interface (`EventHubResource`), its error and the Azure implementation;
+the embedded twin (`EmbeddedEventHub`) lives with the other twins and implements the interface.
 """
 
 from __future__ import annotations
@@ -13,8 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import UTC
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
@@ -25,11 +27,8 @@ from mlassets.roles.amqp import body_bytes, text
 if TYPE_CHECKING:  # the event classes load pyarrow: only the methods that move events need them
     import pyarrow as pa
 
-    from mlassets.twins.eventlog import EventLog
-
 __all__ = [
     "AzureEventHub",
-    "EmbeddedEventHub",
     "EventHubResource",
     "IncompleteReadError",
     "PartitionProperties",
@@ -73,42 +72,6 @@ class EventHubResource(dg.ConfigurableResource, ABC):
 
     def all_partition_properties(self) -> list[PartitionProperties]:
         return [self.partition_properties(p) for p in self.partition_ids()]
-
-
-class EmbeddedEventHub(EventHubResource):
-    """The embedded twin: a durable partitioned log in a SQLite file (see embedded.eventlog)."""
-
-    path: str = Field(description="SQLite file of the log")
-    name: str = Field(default="digits", description="hub name, for run keys and display")
-    partitions: int = Field(
-        default=4, description="partition count, fixed when the file is created"
-    )
-
-    _log: Any = PrivateAttr(default=None)
-
-    @property
-    def log(self) -> EventLog:
-        if self._log is None:
-            from mlassets.twins.eventlog import EventLog
-
-            self._log = EventLog(Path(self.path), self.partitions)
-        return self._log
-
-    @property
-    def hub_name(self) -> str:
-        return self.name
-
-    def partition_ids(self) -> list[str]:
-        return self.log.partition_ids()
-
-    def partition_properties(self, partition_id: str) -> PartitionProperties:
-        return self.log.partition_properties(partition_id)
-
-    def read_range(self, partition_id: str, first: int, last: int) -> pa.Table:
-        return self.log.read(partition_id, first, last)
-
-    def publish(self, bodies, partition_keys=None, properties=None) -> int:
-        return len(self.log.append(bodies, partition_keys=partition_keys, properties=properties))
 
 
 class AzureEventHub(EventHubResource):

@@ -16,6 +16,10 @@ count raised; nothing is lost when a receiver crashes.
 
 `peek` / `peek_dead_letters` browse without locking; `session(dead_letter=True)` receives from
 the dead-letter sub-queue (to inspect, resubmit or purge it).
+
+This module is the role's contract: the interface, the types a receiver sees (`ReceivedMessage`,
+`QueueCounts`, `MessageLockLostError`) and Service Bus' defaults, plus the Azure implementation.
+The embedded twin (`EmbeddedQueue`) lives with the other twins and implements this interface.
 """
 
 import json
@@ -23,28 +27,20 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC
-from pathlib import Path
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from mlassets.twins.queue import (
-    DEFAULT_LOCK_DURATION_SECONDS,
-    DEFAULT_MAX_DELIVERY_COUNT,
-    MAX_DELIVERY_COUNT_EXCEEDED,
-    MessageLockLostError,
-    MessageQueue,
-    QueueCounts,
-    ReceivedMessage,
-)
 from mlassets.roles.amqp import body_bytes, text
 
 __all__ = [
+    "DEFAULT_LOCK_DURATION_SECONDS",
+    "DEFAULT_MAX_DELIVERY_COUNT",
     "MAX_DELIVERY_COUNT_EXCEEDED",
     "AzureServiceBusQueue",
-    "EmbeddedQueue",
     "MessageLockLostError",
     "MessageQueueResource",
     "QueueCounts",
@@ -53,6 +49,54 @@ __all__ = [
 ]
 
 JSON_CONTENT_TYPE = "application/json"
+
+#: Service Bus' own reason for a message it dead-letters after too many deliveries.
+MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
+#: Service Bus defaults for a new queue.
+DEFAULT_LOCK_DURATION_SECONDS = 60.0
+DEFAULT_MAX_DELIVERY_COUNT = 10
+
+
+class MessageLockLostError(RuntimeError):
+    """The lock is gone (expired, settled, or taken over by a later delivery): the message
+    cannot be settled with this token, and it will be (or was) delivered again."""
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """A message as a receiver sees it; `lock_token` is None for a peeked message."""
+
+    message_id: str
+    body: bytes
+    sequence_number: int | None
+    enqueued_time: datetime | None
+    #: Deliveries so far, this one included (0 for a message never delivered, when peeked).
+    delivery_count: int
+    content_type: str | None = None
+    subject: str | None = None
+    correlation_id: str | None = None
+    application_properties: Mapping[str, Any] = field(default_factory=dict)
+    lock_token: str | None = None
+    locked_until: datetime | None = None
+    dead_letter_reason: str | None = None
+    dead_letter_error_description: str | None = None
+    #: The SDK's own message object when it came from Azure (settlement needs it).
+    raw: Any = field(default=None, repr=False, compare=False)
+
+    def text(self) -> str:
+        return self.body.decode("utf-8")
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    #: Messages in the queue, locked or not (what Service Bus calls active messages).
+    active: int
+    #: Of those, how many are locked by a receiver right now (None: the service cannot say;
+    #: Service Bus does not report locks when peeking).
+    locked: int | None
+    dead_letter: int
+    #: False when a count is a lower bound (Azure without management rights: counted by peeking).
+    exact: bool = True
 
 
 class QueueSession(ABC):
@@ -145,83 +189,6 @@ class MessageQueueResource(dg.ConfigurableResource, ABC):
 
     @abstractmethod
     def counts(self) -> QueueCounts: ...
-
-
-# -- the embedded twin ------------------------------------------------------------------------
-
-
-class _EmbeddedSession(QueueSession):
-    def __init__(self, queue: MessageQueue, dead_letter: bool) -> None:
-        super().__init__()
-        self._queue = queue
-        self._sub_queue = "deadletter" if dead_letter else "active"
-
-    def _receive(self, max_messages, max_wait_seconds):
-        return self._queue.receive(max_messages, max_wait_seconds or 0.0, sub_queue=self._sub_queue)
-
-    def _settle(self, message, action, reason="", description=""):
-        token = str(message.lock_token)
-        if action == "complete":
-            self._queue.complete(token)
-        elif action == "abandon":
-            self._queue.abandon(token)
-        else:
-            self._queue.dead_letter(token, reason, description)
-
-
-class EmbeddedQueue(MessageQueueResource):
-    """The embedded twin: a durable peek-lock queue in a SQLite file (see embedded.queue)."""
-
-    path: str = Field(description="SQLite file of the queue")
-    name: str = Field(default="mlassets-commands", description="queue name, for display and tags")
-    lock_duration_seconds: float = Field(
-        default=DEFAULT_LOCK_DURATION_SECONDS, description="how long a receive locks a message"
-    )
-    max_delivery_count: int = Field(
-        default=DEFAULT_MAX_DELIVERY_COUNT,
-        description="deliveries after which a message is dead-lettered (MaxDeliveryCountExceeded)",
-    )
-
-    _queue: MessageQueue | None = PrivateAttr(default=None)
-
-    @property
-    def queue(self) -> MessageQueue:
-        if self._queue is None:
-            self._queue = MessageQueue(
-                Path(self.path),
-                lock_duration_seconds=self.lock_duration_seconds,
-                max_delivery_count=self.max_delivery_count,
-            )
-        return self._queue
-
-    @property
-    def queue_name(self) -> str:
-        return self.name
-
-    @property
-    def display(self) -> str:
-        return f"embedded queue {self.name!r} at {self.path}"
-
-    def send(
-        self, body, *, message_id=None, content_type=None, subject=None, application_properties=None
-    ) -> str:
-        return self.queue.send(
-            body,
-            message_id=message_id or uuid.uuid4().hex,
-            content_type=content_type,
-            subject=subject,
-            application_properties=application_properties,
-        ).message_id
-
-    @contextmanager
-    def session(self, dead_letter: bool = False) -> Iterator[QueueSession]:
-        yield _EmbeddedSession(self.queue, dead_letter)
-
-    def peek(self, max_messages=32, *, dead_letter=False):
-        return self.queue.peek(max_messages, sub_queue="deadletter" if dead_letter else "active")
-
-    def counts(self) -> QueueCounts:
-        return self.queue.counts()
 
 
 # -- Azure Service Bus --------------------------------------------------------------------------

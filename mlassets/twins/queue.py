@@ -22,6 +22,10 @@ Every state change is one IMMEDIATE transaction (writers from all processes are 
 so two receivers never lock the same message) committed with WAL and synchronous=FULL: a sent
 message survives a crash as soon as `send` returns, and a message whose receiver crashed
 comes back when its lock expires.
+
+The types a receiver sees (`ReceivedMessage`, `QueueCounts`, `MessageLockLostError`) are the
+role's contract and come from `mlassets.roles.servicebus`; `EmbeddedQueue`
+(`mlassets.twins.servicebus`) is the resource that puts this queue behind the role's interface.
 """
 
 from __future__ import annotations
@@ -31,18 +35,19 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from mlassets.roles.servicebus import (
+    DEFAULT_LOCK_DURATION_SECONDS,
+    DEFAULT_MAX_DELIVERY_COUNT,
+    MAX_DELIVERY_COUNT_EXCEEDED,
+    MessageLockLostError,
+    QueueCounts,
+    ReceivedMessage,
+)
 from mlassets.twins.sqlite import SqliteStore
-
-#: Service Bus' own reason for a message it dead-letters after too many deliveries.
-MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
-#: Service Bus defaults for a new queue.
-DEFAULT_LOCK_DURATION_SECONDS = 60.0
-DEFAULT_MAX_DELIVERY_COUNT = 10
 
 SubQueue = Literal["active", "deadletter"]
 
@@ -76,48 +81,6 @@ _COLUMNS = (
     " application_properties, enqueued_time_us, delivery_count, lock_token, locked_until_us,"
     " dead_letter_reason, dead_letter_error_description"
 )
-
-
-class MessageLockLostError(RuntimeError):
-    """The lock is gone (expired, settled, or taken over by a later delivery): the message
-    cannot be settled with this token, and it will be (or was) delivered again."""
-
-
-@dataclass(frozen=True)
-class ReceivedMessage:
-    """A message as a receiver sees it; `lock_token` is None for a peeked message."""
-
-    message_id: str
-    body: bytes
-    sequence_number: int | None
-    enqueued_time: datetime | None
-    #: Deliveries so far, this one included (0 for a message never delivered, when peeked).
-    delivery_count: int
-    content_type: str | None = None
-    subject: str | None = None
-    correlation_id: str | None = None
-    application_properties: Mapping[str, Any] = field(default_factory=dict)
-    lock_token: str | None = None
-    locked_until: datetime | None = None
-    dead_letter_reason: str | None = None
-    dead_letter_error_description: str | None = None
-    #: The SDK's own message object when it came from Azure (settlement needs it).
-    raw: Any = field(default=None, repr=False, compare=False)
-
-    def text(self) -> str:
-        return self.body.decode("utf-8")
-
-
-@dataclass(frozen=True)
-class QueueCounts:
-    #: Messages in the queue, locked or not (what Service Bus calls active messages).
-    active: int
-    #: Of those, how many are locked by a receiver right now (None: the service cannot say;
-    #: Service Bus does not report locks when peeking).
-    locked: int | None
-    dead_letter: int
-    #: False when a count is a lower bound (Azure without management rights: counted by peeking).
-    exact: bool = True
 
 
 def _now_us() -> int:

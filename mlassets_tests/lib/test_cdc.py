@@ -11,10 +11,10 @@ from mlassets.roles.labels_db import (
     CHANGE_SCHEMA,
     LABEL_COLUMNS,
     LsnBounds,
-    SqliteLabelsDatabase,
     lsn_hex,
 )
 from mlassets.roles.storage import LakeStorage
+from mlassets.twins.labels_db import SqliteLabelsDatabase
 
 
 @pytest.fixture

@@ -2,10 +2,18 @@
 
 import pytest
 
-from mlassets.lib.landing import EventRange, backlog, gaps, land_range, landed_ranges, resolve, split
-from mlassets.roles.eventhub import EmbeddedEventHub
+from mlassets.lib.landing import (
+    EventRange,
+    backlog,
+    gaps,
+    land_range,
+    landed_ranges,
+    resolve,
+    split,
+)
 from mlassets.roles.storage import LakeStorage
 from mlassets.simulate import make_events
+from mlassets.twins.eventhub import EmbeddedEventHub
 
 
 @pytest.fixture

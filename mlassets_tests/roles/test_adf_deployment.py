@@ -2,7 +2,8 @@
 
 from mlassets import settings
 from mlassets.defs.resources import build_resources
-from mlassets.roles.datafactory import AzureDataFactory, LocalDataFactory
+from mlassets.roles.datafactory import AzureDataFactory
+from mlassets.twins.adf.factory import LocalDataFactory
 
 
 def test_local_is_the_embedded_engine_on_the_lake_and_labels_database(data_dir):

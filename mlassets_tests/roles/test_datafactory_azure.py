@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import mlassets.roles.datafactory as datafactory
+from mlassets.defs.ingestion.assets import landed_events
+from mlassets.defs.ingestion.incoming import import_incoming
 from mlassets.lib.adf import (
     ArtifactError,
     Artifacts,
@@ -36,13 +38,11 @@ from mlassets.lib.adf import (
     PipelineRunFailed,
     PipelineRunTimeout,
 )
-from mlassets.defs.ingestion.incoming import import_incoming
-from mlassets.defs.ingestion.assets import landed_events
-from mlassets.twins.adf.engine import CopyEngine
 from mlassets.lib.events import LANDED_SCHEMA
 from mlassets.lib.incoming import Drop
 from mlassets.roles.datafactory import AzureDataFactory, run_metadata
 from mlassets.roles.storage import LakeStorage
+from mlassets.twins.adf.engine import CopyEngine
 
 pytestmark = pytest.mark.timeout(60)
 

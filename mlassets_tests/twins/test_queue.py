@@ -10,12 +10,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from mlassets.twins.queue import (
-    MAX_DELIVERY_COUNT_EXCEEDED,
-    MessageLockLostError,
-    MessageQueue,
-)
+from mlassets.roles.servicebus import MAX_DELIVERY_COUNT_EXCEEDED, MessageLockLostError
 from mlassets.settings import PROJECT_ROOT
+from mlassets.twins.queue import MessageQueue
 
 pytestmark = pytest.mark.timeout(60)
 

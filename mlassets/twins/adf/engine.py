@@ -71,11 +71,12 @@ from mlassets.lib.adf import (
     PipelineRunTimeout,
     UnsupportedFeatureError,
     coerce_parameters,
+    json_quote,
     masked,
     secure_parameter_names,
 )
-from mlassets.twins.adf import expressions as ex
 from mlassets.roles.storage import LakeStorage
+from mlassets.twins.adf import expressions as ex
 
 ENGINE = "local"
 RUNTIME = "Embedded (mlassets local copy engine)"
@@ -567,36 +568,6 @@ class Validator:
 
 
 # -- vectorized JSON text --------------------------------------------------------------------
-
-_ESCAPES = [
-    ("\\", "\\\\"),
-    ('"', '\\"'),
-    ("\n", "\\n"),
-    ("\r", "\\r"),
-    ("\t", "\\t"),
-    ("\b", "\\b"),
-    ("\f", "\\f"),
-]
-_CONTROL = re.compile(r"[\x00-\x1f]")
-
-
-def json_quote(arr: pa.Array) -> pa.Array:
-    """Strings -> their JSON string literals (null -> ``null``), all in compute kernels."""
-    arr = arr.cast(pa.string()) if not pa.types.is_string(arr.type) else arr
-    text = arr
-    # One scan decides whether any value needs escaping at all (ids, names and timestamps
-    # rarely do); only then the replacement passes run.
-    if pc.any(pc.match_substring_regex(arr, r'["\\\x00-\x1f]')).as_py():
-        for raw, escaped in _ESCAPES:
-            text = pc.replace_substring(text, raw, escaped)
-        if pc.any(pc.match_substring_regex(text, r"[\x00-\x1f]")).as_py():
-            for code in range(32):  # the rare remaining control characters
-                char = chr(code)
-                if char not in "\n\r\t\b\f":
-                    text = pc.replace_substring(text, char, f"\\u{code:04x}")
-    quoted = pc.binary_join_element_wise('"', text, '"', "")
-    return pc.fill_null(quoted, "null")
-
 
 def to_json_text(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Any column of scalars, lists and structs -> JSON text per value (null -> ``null``)."""
@@ -1793,7 +1764,8 @@ class CopyEngine:
                 raise CopyError(
                     "no SQL database is configured for the local engine (MLASSETS_LABELS_DB_URL)"
                 )
-            from mlassets.roles.labels_db import labels_database_class
+            # The URL's dialect picks the implementation, as for the labels assets.
+            from mlassets.defs.resources import labels_database_class
 
             self._sql_engine = labels_database_class(self.sql_url)(url=self.sql_url).engine
         return self._sql_engine

@@ -11,24 +11,25 @@ import pytest
 from click.testing import CliRunner
 
 import mlassets.defs.commands.sensors as sensor_module
-from mlassets.defs.ingestion.incoming import import_incoming
-from mlassets.defs.inference.assets import score_events
-from mlassets.defs.training.model import train_model
 from mlassets.cli import main
+from mlassets.defs.commands.sensors import (
+    build_servicebus_sensor,
+    import_incoming_run_config,
+    servicebus_sensor,
+)
+from mlassets.defs.inference.assets import score_events
+from mlassets.defs.ingestion.incoming import import_incoming
 from mlassets.defs.resources import local_resources
+from mlassets.defs.training.model import train_model
 from mlassets.lib.messages import (
     DropZone,
     Rejected,
     blob_created_event,
     event_content_type,
 )
-from mlassets.roles.servicebus import EmbeddedQueue, MessageQueueResource
+from mlassets.roles.servicebus import MessageQueueResource
 from mlassets.roles.storage import LakeStorage
-from mlassets.defs.commands.sensors import (
-    build_servicebus_sensor,
-    import_incoming_run_config,
-    servicebus_sensor,
-)
+from mlassets.twins.servicebus import EmbeddedQueue
 
 pytestmark = pytest.mark.timeout(60)
 

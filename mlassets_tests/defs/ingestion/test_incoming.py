@@ -4,14 +4,14 @@ import json
 
 import pytest
 
-from mlassets.defs.ingestion.incoming import import_incoming
 from mlassets.defs.ingestion.assets import landed_events
 from mlassets.defs.ingestion.checks import validate_landed_file
+from mlassets.defs.ingestion.incoming import import_incoming
 from mlassets.defs.resources import local_resources
 from mlassets.lib.events import LANDED_SCHEMA, QUARANTINE_SCHEMA
 from mlassets.lib.incoming import Drop
 from mlassets.lib.landing import landed_ranges
-from mlassets.roles.datafactory import LocalDataFactory
+from mlassets.twins.adf.factory import LocalDataFactory
 
 PIXELS = [0, 3, 9, 16] * 16
 

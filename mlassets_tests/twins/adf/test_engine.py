@@ -20,9 +20,9 @@ from mlassets.lib.adf import (
     PipelineRunTimeout,
     UnsupportedFeatureError,
 )
-from mlassets.twins.adf.engine import CopyEngine, to_json_text
-from mlassets.roles.labels_db import SqliteLabelsDatabase
 from mlassets.roles.storage import LakeStorage
+from mlassets.twins.adf.engine import CopyEngine, to_json_text
+from mlassets.twins.labels_db import SqliteLabelsDatabase
 
 PIXELS = [0, 1, 5, 16] * 16
 

@@ -6,15 +6,15 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pytest
 
+from mlassets.defs.resources import labels_database_class
 from mlassets.roles.labels_db import (
     CHANGE_SCHEMA,
     LABEL_SCHEMA,
     AzureSqlLabelsDatabase,
-    SqliteLabelsDatabase,
-    labels_database_class,
     lsn_hex,
     next_lsn,
 )
+from mlassets.twins.labels_db import SqliteLabelsDatabase
 
 ALL = ("0" * 20, lsn_hex(2**62))
 
