@@ -80,6 +80,10 @@ _PARSE = pa_json.ParseOptions(explicit_schema=BODY_SCHEMA, unexpected_field_beha
 _READ = pa_json.ReadOptions(use_threads=True, block_size=1 << 20)
 #: Blocks this small that still fail go straight to the per-event check.
 _SMALL_BLOCK = 32
+#: Reasons that are Python's limits rather than the body's faults (the reader has neither):
+#: a one-line body refused for one of them is given to the reader alone, so whether it lands
+#: never depends on the bodies next to it.
+_PYTHON_LIMITS = ("invalid JSON: nested too deeply", "invalid JSON: Exceeds the limit")
 #: What every reader of the landed files can represent: years 1..9999, in UTC (microseconds).
 _MIN_TIME_US = -62_135_596_800_000_000
 _MAX_TIME_US = 253_402_300_799_999_999
@@ -315,6 +319,12 @@ def _parse_block(joined: pa.Array, lo: int, hi: int) -> pa.Table | None:
     return table if table.num_rows == hi - lo else None
 
 
+def _read_one(body: bytes) -> pa.Table | None:
+    """The reader's typed row for one body, or None when it refuses it."""
+    joined = pa.array([body], pa.binary())
+    return _parse_block(joined, 0, 1)
+
+
 def _bulk_parse(bodies: pa.Array) -> tuple[list[tuple[np.ndarray, pa.Table]], np.ndarray]:
     """Parse candidate bodies; returns ([(positions, table)], positions that failed).
 
@@ -442,11 +452,17 @@ def _decode(raw: pa.Table, limit: int, *, bulk: bool) -> Decoded:
     slow_bodies = bodies.take(pa.array(slow, pa.int64())).to_pylist()
     for row, body in zip(slow.tolist(), slow_bodies, strict=True):
         record, reason = _explain_safely(body)
-        if record is None:
-            reasons[row] = reason
-        else:
+        if record is not None:
             records.append(record)
             slow_rows.append(row)
+        elif (
+            bulk_ok[row]
+            and reason.startswith(_PYTHON_LIMITS)
+            and (alone := _read_one(body)) is not None
+        ):
+            pieces.append((np.array([row]), alone))
+        else:
+            reasons[row] = reason
     if records:
         table, refused = _records_table(records)
         for i, reason in refused.items():

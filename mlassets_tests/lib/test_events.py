@@ -296,3 +296,20 @@ def test_thousands_of_hostile_bodies_never_raise_and_every_one_is_accounted_for(
     assert decoded.landed.num_rows == valid
     assert decoded.landed.num_rows + decoded.quarantined.num_rows == len(bodies)
     assert all(decoded.quarantined["reason"].to_pylist())
+
+
+@pytest.mark.parametrize(
+    "unknown",
+    ["[" * 5000 + "]" * 5000, "1" * 5000],
+    ids=["nested 5,000 deep", "a 5,000-digit number"],
+)
+def test_whether_a_body_lands_never_depends_on_its_neighbours(unknown):
+    # Beyond what Python's json takes, but in a field the contract ignores: the bulk reader
+    # lands it, and so it must land when a bad neighbour sends its block to the slow path.
+    odd = encode(body(sample_id="odd", x=0)).replace(b'"x": 0', f'"x": {unknown}'.encode())
+    alone = decode_events(raw([odd]))
+    among_good = decode_events(raw([encode(body(sample_id=f"g{i}")) for i in range(40)] + [odd]))
+    among_bad = decode_events(raw([b"{oops}", odd, b'{"sample_id": 1}']))
+    for decoded in (alone, among_good, among_bad):
+        assert "odd" in decoded.landed["sample_id"].to_pylist()
+    assert among_bad.quarantined.num_rows == 2
