@@ -15,8 +15,8 @@ from mlassets.lib.adf import (
     coerce_parameters,
     parse_param_options,
 )
-from mlassets.twins.adf.engine import Validator
 from mlassets.roles.datafactory import sdk_problems, sdk_resource
+from mlassets.twins.adf.validation import Validator
 
 RESOURCE_CLASSES = {
     "linkedService": models.LinkedServiceResource,
