@@ -16,6 +16,13 @@ import dagster as dg
 import sqlalchemy as sa
 
 from mlassets import settings
+from mlassets.lib.metadata import (
+    DatasetMetadata,
+    LabelsMetadata,
+    LandingMetadata,
+    ModelMetadata,
+    ScoringMetadata,
+)
 
 
 @dataclass
@@ -24,13 +31,15 @@ class DemoSummary:
     run_id: str
     success: bool
     seconds: float
-    metadata: dict[str, dict]  # asset -> its materialization metadata in this run
+    # What each asset recorded in this run (empty when it did not materialize).
+    landing: LandingMetadata = field(default_factory=LandingMetadata)
+    labels: LabelsMetadata = field(default_factory=LabelsMetadata)
+    dataset: DatasetMetadata = field(default_factory=DatasetMetadata)
+    model: ModelMetadata = field(default_factory=ModelMetadata)
+    scoring: ScoringMetadata = field(default_factory=ScoringMetadata)
     checks: dict[str, bool] = field(default_factory=dict)
     predictions_in_sql: int = 0
     error: str | None = None
-
-    def _m(self, asset: str, key: str, default=0):
-        return self.metadata.get(asset, {}).get(key, default)
 
     def render(self) -> str:
         failed = [k for k, ok in self.checks.items() if not ok]
@@ -39,19 +48,19 @@ class DemoSummary:
             "mlassets demo " + ("succeeded" if self.success else "FAILED"),
             f"  deployment          {settings.deployment()}",
             f"  events published    {self.published:,}",
-            f"  rows landed         {int(self._m('landed_events', 'landed_rows')):,}"
-            f" ({int(self._m('landed_events', 'quarantined_rows')):,} quarantined)",
-            f"  labels (Delta)      {int(self._m('labels', 'row_count')):,}"
-            f" at version {self._m('labels', 'delta_version', '-')}",
-            f"  training dataset    {self._m('training_dataset', 'version', '-')}: "
-            f"{int(self._m('training_dataset', 'train_rows')):,} train / "
-            f"{int(self._m('training_dataset', 'validation_rows')):,} validation / "
-            f"{int(self._m('training_dataset', 'test_rows')):,} test",
-            f"  model               {self._m('digit_classifier', 'model_version', '-')}: "
-            f"test accuracy {float(self._m('digit_classifier', 'test_accuracy')):.4f} with "
-            f"{int(self._m('digit_classifier', 'workers'))} Horovod workers",
-            f"  rows scored         {int(self._m('inference_outputs', 'rows_scored')):,} "
-            f"(mean confidence {float(self._m('inference_outputs', 'mean_confidence')):.3f})",
+            f"  rows landed         {self.landing.landed_rows:,}"
+            f" ({self.landing.quarantined_rows:,} quarantined)",
+            f"  labels (Delta)      {self.labels.row_count or 0:,}"
+            f" at version {self.labels.delta_version if self.labels.delta_version >= 0 else '-'}",
+            f"  training dataset    {self.dataset.version or '-'}: "
+            f"{self.dataset.train_rows:,} train / "
+            f"{self.dataset.validation_rows:,} validation / "
+            f"{self.dataset.test_rows:,} test",
+            f"  model               {self.model.model_version or '-'}: "
+            f"test accuracy {self.model.test_accuracy:.4f} with "
+            f"{self.model.workers} Horovod workers",
+            f"  rows scored         {self.scoring.rows_scored:,} "
+            f"(mean confidence {self.scoring.mean_confidence:.3f})",
             f"  predictions in SQL  {self.predictions_in_sql:,} rows in table `predictions`",
             f"  checks              {len(self.checks) - len(failed)} of {len(self.checks)} passed"
             + (f"; failed: {', '.join(failed)}" if failed else ""),
@@ -99,11 +108,14 @@ def run_demo(count: int = 10_000, malformed: int = 0, seed: int | None = None) -
         result = defs.resolve_job_def("end_to_end").execute_in_process(
             instance=instance, raise_on_error=False
         )
-        metadata = {
-            event.asset_key.to_user_string(): {k: v.value for k, v in event.metadata.items()}
-            for event in (
-                e.event_specific_data.materialization
-                for e in result.get_asset_materialization_events()
+        recorded = {
+            name: contract.from_run(result) or contract()
+            for name, contract in (
+                ("landing", LandingMetadata),
+                ("labels", LabelsMetadata),
+                ("dataset", DatasetMetadata),
+                ("model", ModelMetadata),
+                ("scoring", ScoringMetadata),
             )
         }
         checks = {
@@ -118,7 +130,7 @@ def run_demo(count: int = 10_000, malformed: int = 0, seed: int | None = None) -
         run_id=result.run_id,
         success=result.success and all(checks.values()),
         seconds=time.perf_counter() - started,
-        metadata=metadata,
+        **recorded,
         checks=checks,
         predictions_in_sql=count_predictions(settings.labels_db_url()),
         error=failure,

@@ -246,26 +246,24 @@ def labels_resnapshot() -> None:
     import dagster as dg
 
     os.environ.setdefault("DAGSTER_HOME", str(settings.PROJECT_ROOT / "dagster_home"))
-    from mlassets.defs.labels.assets import labels
     from mlassets.definitions import defs
+    from mlassets.defs.labels.assets import labels
 
     with dg.DagsterInstance.get() as instance:
         result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
             asset_selection=[labels.key],
-            run_config={"ops": {"labels": {"config": {"resnapshot": True}}}},
+            run_config={"ops": {labels.op.name: {"config": {"resnapshot": True}}}},
             instance=instance,
             raise_on_error=False,
         )
     if not result.success:
         _fail(f"re-snapshot failed; see run {result.run_id} in the Dagster UI")
-    meta = {
-        k: v.value
-        for m in result.asset_materializations_for_node("labels")
-        for k, v in m.metadata.items()
-    }
+    from mlassets.lib.metadata import LabelsMetadata
+
+    loaded = LabelsMetadata.from_run(result) or LabelsMetadata()
     click.echo(
-        f"labels re-snapshot: Delta version {meta.get('delta_version')}, "
-        f"{meta.get('row_count'):,} rows, {meta.get('initial_load')}; run {result.run_id}"
+        f"labels re-snapshot: Delta version {loaded.delta_version}, "
+        f"{loaded.row_count or 0:,} rows, {loaded.initial_load}; run {result.run_id}"
     )
 
 

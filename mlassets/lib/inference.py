@@ -17,10 +17,16 @@ from mlassets.lib.datasets import latest_per_sample
 from mlassets.lib.events import LANDED_SCHEMA, PIXELS
 from mlassets.lib.landing import LANDED_PREFIX
 from mlassets.lib.layout import PREDICTIONS_PREFIX
+from mlassets.lib.metadata import (
+    DIGIT_CLASSIFIER,
+    LABELS,
+    LANDED_EVENTS,
+    AccuracyCheckMetadata,
+    ModelMetadata,
+)
 from mlassets.roles.storage import LakeStorage
 
-MODEL_KEY = dg.AssetKey("digit_classifier")
-ACCURACY_CHECK = dg.AssetCheckKey(MODEL_KEY, "test_accuracy")
+ACCURACY_CHECK = dg.AssetCheckKey(DIGIT_CLASSIFIER, "test_accuracy")
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -31,6 +37,14 @@ PREDICTION_SCHEMA = pa.schema(
         pa.field("scored_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
 )
+
+#: Where each prediction column comes from: the sample's pixels, through the model.
+PREDICTION_LINEAGE = {
+    "sample_id": [(LANDED_EVENTS, "sample_id"), (LABELS, "sample_id")],  # unlabelled ones
+    "predicted_class": [(LANDED_EVENTS, "pixels"), (DIGIT_CLASSIFIER, "model_version")],
+    "probability": [(LANDED_EVENTS, "pixels"), (DIGIT_CLASSIFIER, "model_version")],
+    "model_version": [(DIGIT_CLASSIFIER, "model_version")],
+}
 
 
 @dataclass(frozen=True)
@@ -46,28 +60,20 @@ def approved_models(instance: dg.DagsterInstance, limit: int = 100) -> list[Appr
     The check records the model version it judged, which ties each passing evaluation to one
     materialization; a model whose check failed (or never ran) is never returned.
     """
-    from dagster._core.storage.asset_check_execution_record import (
-        AssetCheckExecutionRecordStatus,
-    )
-
-    passed = instance.event_log_storage.get_asset_check_execution_history(
-        ACCURACY_CHECK, limit=limit, status={AssetCheckExecutionRecordStatus.SUCCEEDED}
+    history = instance.event_log_storage.get_asset_check_execution_history(
+        ACCURACY_CHECK, limit=limit
     )
     versions: set[str] = set()
-    for record in passed:
+    for record in history:
         evaluation = record.event.dagster_event.event_specific_data if record.event else None
-        value = getattr(evaluation, "metadata", {}).get("model_version")
-        if evaluation is not None and evaluation.passed and value is not None:
-            versions.add(value.value)
+        if isinstance(evaluation, dg.AssetCheckEvaluation) and evaluation.passed:
+            versions.add(AccuracyCheckMetadata.from_metadata(evaluation.metadata).model_version)
     models = []
-    for record in instance.fetch_materializations(MODEL_KEY, limit=limit).records:
-        meta = record.asset_materialization.metadata
-        version = meta["model_version"].value if "model_version" in meta else None
-        if version in versions:
-            models.append(
-                ApprovedModel(version, meta["model_path"].value, float(meta["test_accuracy"].value))
-            )
-            versions.discard(version)
+    for recorded in ModelMetadata.records(instance, limit=limit):
+        model = recorded.metadata
+        if model.model_version in versions:
+            models.append(ApprovedModel(model.model_version, model.model_path, model.test_accuracy))
+            versions.discard(model.model_version)
     return sorted(models, key=lambda m: m.version, reverse=True)
 
 

@@ -1,7 +1,7 @@
 """What each asset records, typed: the one module where a metadata key is spelled.
 
 Producers build one of these dataclasses and call `to_metadata()`; consumers (checks, sensors,
-the scorer, the demo, the CLI) read it back with `latest(instance)`, `history(instance)`,
+the scorer, the demo, the CLI) read it back with `latest(instance)`, `records(instance)`,
 `from_run(result)` or `from_metadata(...)`, so a key renamed here is renamed everywhere.
 Each field's key is its name unless it says otherwise (`dagster/...` for what the UI knows).
 
@@ -82,7 +82,7 @@ def _metadata_of(source: Any) -> Mapping[str, Any]:
     return metadata or {}
 
 
-M = TypeVar("M", bound="AssetMetadata")
+M = TypeVar("M", bound="MetadataRecord")
 
 
 @dataclass(frozen=True)
@@ -96,10 +96,8 @@ class Recorded(Generic[M]):
 
 
 @dataclass(frozen=True)
-class AssetMetadata:
-    """Base of the contracts: the conversions, and the ways to read one back."""
-
-    asset_key: ClassVar[dg.AssetKey]
+class MetadataRecord:
+    """Base of the contracts: the conversions to and from Dagster metadata."""
 
     def to_metadata(self) -> dict[str, dg.MetadataValue]:
         """The entries to record; fields left None are omitted. Standard `dagster/` ones last."""
@@ -152,6 +150,13 @@ class AssetMetadata:
             }
         return cls(**values)
 
+
+@dataclass(frozen=True)
+class AssetMetadata(MetadataRecord):
+    """What one asset's materializations record, and the ways to read it back."""
+
+    asset_key: ClassVar[dg.AssetKey]
+
     @classmethod
     def latest(cls, instance: dg.DagsterInstance) -> Self | None:
         """What the newest materialization of the asset recorded, or None before the first."""
@@ -161,7 +166,7 @@ class AssetMetadata:
         return cls.from_metadata(event)
 
     @classmethod
-    def history(
+    def records(
         cls, instance: dg.DagsterInstance, after_storage_id: int | None = None, limit: int = 100
     ) -> list[Recorded[Self]]:
         """Materializations newest first, optionally only those after a storage id."""
@@ -177,7 +182,7 @@ class AssetMetadata:
 
     @classmethod
     def latest_recorded(cls, instance: dg.DagsterInstance) -> Recorded[Self] | None:
-        newest = cls.history(instance, limit=1)
+        newest = cls.records(instance, limit=1)
         return newest[0] if newest else None
 
     @classmethod
@@ -333,7 +338,7 @@ class DatasetMetadata(TableMetadata):
     ) -> Recorded[Self] | None:
         """The newest materialization that built `version`, among the last `limit`."""
         return next(
-            (r for r in cls.history(instance, limit=limit) if r.metadata.version == version), None
+            (r for r in cls.records(instance, limit=limit) if r.metadata.version == version), None
         )
 
 
@@ -388,6 +393,15 @@ class ScoringMetadata(TableMetadata):
     export_run: Mapping[str, dg.MetadataValue] = field(
         default_factory=dict, metadata=recorded_as("extra")
     )
+
+
+@dataclass(frozen=True)
+class AccuracyCheckMetadata(MetadataRecord):
+    """What `digit_classifier`'s test_accuracy check records: which model it judged."""
+
+    test_accuracy: float = field(default=0.0, metadata=recorded_as("float"))
+    threshold: float = field(default=0.0, metadata=recorded_as("float"))
+    model_version: str = field(default="-", metadata=recorded_as("text"))
 
 
 CONTRACTS: tuple[type[AssetMetadata], ...] = (

@@ -15,27 +15,25 @@ from mlassets.lib.inference import (
     predictions_dir,
     unscored_samples,
 )
+from mlassets.lib.metadata import AccuracyCheckMetadata, ModelMetadata
 from mlassets.roles.storage import LakeStorage
 
 
 def model_trained(instance, version, accuracy, passed: bool | None):
+    model = ModelMetadata(
+        model_version=version, model_path=f"/models/{version}/model.keras", test_accuracy=accuracy
+    )
     instance.report_runless_asset_event(
-        dg.AssetMaterialization(
-            asset_key="digit_classifier",
-            metadata={
-                "model_version": version,
-                "model_path": f"/models/{version}/model.keras",
-                "test_accuracy": accuracy,
-            },
-        )
+        dg.AssetMaterialization(asset_key=model.asset_key, metadata=model.to_metadata())
     )
     if passed is not None:
+        judged = AccuracyCheckMetadata(test_accuracy=accuracy, threshold=0.9, model_version=version)
         instance.report_runless_asset_event(
             dg.AssetCheckEvaluation(
                 asset_key=ACCURACY_CHECK.asset_key,
                 check_name=ACCURACY_CHECK.name,
                 passed=passed,
-                metadata={"model_version": dg.MetadataValue.text(version)},
+                metadata=judged.to_metadata(),
             )
         )
 

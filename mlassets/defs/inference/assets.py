@@ -9,6 +9,7 @@ import dagster as dg
 from mlassets.defs.ingestion.assets import landed_events
 from mlassets.defs.training.model import digit_classifier
 from mlassets.lib.lazy import lazy
+from mlassets.lib.metadata import ScoringMetadata, column_lineage, column_schema, lake_uri
 from mlassets.roles.datafactory import DataFactoryResource, run_metadata
 from mlassets.roles.storage import LakeStorage
 
@@ -65,28 +66,39 @@ def inference_outputs(
     classes = predictions["predicted_class"].to_numpy()
     confidence = predictions["probability"].to_numpy()
     counts = np.bincount(classes, minlength=10) if len(classes) else np.zeros(10, int)
+    from mlassets.lib.tables import running_total
+
+    previous = ScoringMetadata.latest(context.instance)
     return dg.MaterializeResult(
-        metadata={
-            "rows_scored": dg.MetadataValue.int(predictions.num_rows),
-            "model_version": dg.MetadataValue.text(model.version),
-            "model_test_accuracy": dg.MetadataValue.float(model.test_accuracy),
-            "mean_confidence": dg.MetadataValue.float(
-                float(confidence.mean()) if len(confidence) else 0.0
-            ),
-            "rows_per_second": dg.MetadataValue.float(
+        metadata=ScoringMetadata(
+            rows_scored=predictions.num_rows,
+            model_version=model.version,
+            model_test_accuracy=model.test_accuracy,
+            mean_confidence=float(confidence.mean()) if len(confidence) else 0.0,
+            rows_per_second=(
                 round(predictions.num_rows / seconds, 1)
                 if seconds and predictions.num_rows
                 else 0.0
             ),
-            "class_distribution": dg.MetadataValue.table(
+            class_distribution=dg.MetadataValue.table(
                 [dg.TableRecord({"class": c, "rows": int(counts[c])}) for c in range(10)],
                 schema=dg.TableSchema(
                     columns=[dg.TableColumn("class", "int"), dg.TableColumn("rows", "int")]
                 ),
             ),
-            "path": dg.MetadataValue.path(lake.uri(inference.predictions_dir(model.version))),
-            **export_meta,
-        },
+            path=lake.uri(inference.predictions_dir(model.version)),
+            export_run=export_meta,
+            # Every prediction in the lake, of every model: carried, not counted.
+            row_count=running_total(
+                previous.row_count if previous else None,
+                predictions.num_rows,
+                lake,
+                f"{inference.PREDICTIONS_PREFIX}/model=*/*.parquet",
+            ),
+            column_schema=column_schema(inference.PREDICTION_SCHEMA),
+            column_lineage=column_lineage(inference.PREDICTION_LINEAGE),
+            uri=lake_uri(lake.uri(inference.PREDICTIONS_PREFIX)),
+        ).to_metadata(),
     )
 
 

@@ -179,7 +179,7 @@ def landed_row_count(
     previous = LandingMetadata.latest_recorded(instance)
     added = sum(r.landed_rows for r in results if not r.rewrite)
     if previous is not None:
-        imports = IncomingMetadata.history(instance, previous.storage_id, limit=10_000)
+        imports = IncomingMetadata.records(instance, previous.storage_id, limit=10_000)
         added += sum(i.metadata.net_new_rows for i in imports)
     return running_total(
         previous.metadata.row_count if previous else None,

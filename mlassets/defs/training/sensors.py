@@ -67,7 +67,7 @@ def evaluate(
                 cursor,
             )
 
-    captures = CaptureMetadata.history(instance, dataset.storage_id, limit=1000)
+    captures = CaptureMetadata.records(instance, dataset.storage_id, limit=1000)
     corrections = sum(r.metadata.updates for r in captures)
     if corrections >= policy.corrections:
         return (
@@ -79,8 +79,8 @@ def evaluate(
     reference = ds.pixel_histogram
     after = max(dataset.storage_id, cursor.get("landed", 0))
     landings = [  # hub landings and imported drops: both add rows to the landed table
-        *LandingMetadata.history(instance, after, limit=1000),
-        *IncomingMetadata.history(instance, after, limit=1000),
+        *LandingMetadata.records(instance, after, limit=1000),
+        *IncomingMetadata.records(instance, after, limit=1000),
     ]
     cursor = {**cursor, "landed": max([cursor.get("landed", 0), *(r.storage_id for r in landings)])}
     files = [f for r in landings for f in r.metadata.files]
