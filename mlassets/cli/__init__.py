@@ -488,16 +488,15 @@ def adf_import_incoming(drop_path: str) -> None:
             "see the run in the Dagster UI",
         )
         _fail(f"import of {drop.path} failed (run {result.run_id}): {failure}")
-    meta = {
-        k: v.value
-        for e in result.all_events
-        if e.is_step_materialization
-        for k, v in e.step_materialization_data.materialization.metadata.items()
-    }
+    from mlassets.lib.metadata import IncomingMetadata
+
+    recorded = [e for e in result.all_events if e.is_step_materialization]
+    imported = IncomingMetadata.from_metadata(recorded[-1]) if recorded else IncomingMetadata()
+    copy_run, engine = imported.copy_run
     click.echo(
-        f"{drop.path}: {meta['landed_rows']:,} events landed, {meta['quarantined_rows']:,} "
-        f"quarantined ({meta['copy_skipped_rows']:,} skipped by the copy) by Data Factory run "
-        f"{meta['adf_run_id']} on {meta['adf_engine']}; Dagster run {result.run_id}"
+        f"{drop.path}: {imported.landed_rows:,} events landed, {imported.quarantined_rows:,} "
+        f"quarantined ({imported.copy_skipped_rows:,} skipped by the copy) by Data Factory run "
+        f"{copy_run} on {engine}; Dagster run {result.run_id}"
     )
 
 

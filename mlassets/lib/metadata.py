@@ -29,6 +29,11 @@ TRAINING_DATASET = dg.AssetKey("training_dataset")
 DIGIT_CLASSIFIER = dg.AssetKey("digit_classifier")
 INFERENCE_OUTPUTS = dg.AssetKey("inference_outputs")
 
+#: Entries of a Data Factory run (`roles.datafactory.run_metadata`) that readers look up;
+#: a step that records several runs prefixes them (`snapshot_`, `export_`).
+ADF_RUN_ID = "adf_run_id"
+ADF_ENGINE = "adf_engine"
+
 # -- how a field becomes a MetadataValue and back ------------------------------------------
 
 _TO: dict[str, Any] = {
@@ -256,6 +261,14 @@ class IncomingMetadata(TableMetadata):
     def net_new_rows(self) -> int:
         """How much the landed table grew by this import."""
         return self.landed_rows - self.replaced_rows
+
+    @property
+    def copy_run(self) -> tuple[str, str]:
+        """(run id, engine) of the Data Factory copy; "-" where it was not recorded."""
+        run = self.pipeline_run
+        return tuple(  # type: ignore[return-value]
+            str(run[k].value) if k in run else "-" for k in (ADF_RUN_ID, ADF_ENGINE)
+        )
 
 
 @dataclass(frozen=True)

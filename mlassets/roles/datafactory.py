@@ -54,6 +54,7 @@ from mlassets.lib.adf import (
     masked,
     secure_parameter_names,
 )
+from mlassets.lib.metadata import ADF_ENGINE, ADF_RUN_ID
 from mlassets.roles.storage import LakeLocation
 
 __all__ = [
@@ -520,8 +521,8 @@ def run_metadata(result: PipelineRunResult, prefix: str = "") -> dict[str, dg.Me
     copies, and one row per copy)."""
     meta: dict[str, dg.MetadataValue] = {
         f"{prefix}adf_pipeline": dg.MetadataValue.text(result.pipeline),
-        f"{prefix}adf_run_id": dg.MetadataValue.text(result.run_id),
-        f"{prefix}adf_engine": dg.MetadataValue.text(result.engine),
+        f"{prefix}{ADF_RUN_ID}": dg.MetadataValue.text(result.run_id),
+        f"{prefix}{ADF_ENGINE}": dg.MetadataValue.text(result.engine),
         f"{prefix}adf_status": dg.MetadataValue.text(result.status),
     }
     if result.duration_seconds is not None:

@@ -241,3 +241,9 @@ def test_every_contract_belongs_to_an_asset_of_the_code_location():
     missing = {c.asset_key for c in CONTRACTS} - keys
     # incoming_events is the import of a drop as its own asset (being built separately).
     assert missing <= {INCOMING_EVENTS}
+
+
+def test_an_import_says_which_copy_run_landed_it_and_how_much_the_table_grew():
+    imported = EXAMPLES[IncomingMetadata]
+    assert imported.copy_run == ("run-1", "-")  # the engine was not recorded in the example
+    assert imported.net_new_rows == 94 - 90  # a re-import replaced 90 rows

@@ -163,22 +163,25 @@ def landed_events(
         )
     return dg.MaterializeResult(
         metadata=landing_metadata(
-            results, lake, landed_row_count(context.instance, lake, results)
+            results,
+            lake,
+            # Rewrites replace a file with the same range: they add no rows.
+            landed_table_rows(
+                context.instance, lake, sum(r.landed_rows for r in results if not r.rewrite)
+            ),
         ).to_metadata(),
         data_version=_hub_state_version(watermarks(landed)),
     )
 
 
-def landed_row_count(
-    instance: dg.DagsterInstance, lake: LakeStorage, results: list["LandingResult"]
-) -> int:
-    """Rows in the landed table after this landing: the previous landing's total, plus its
-    new files and the drops imported since; footers only when there is no previous total."""
+def landed_table_rows(instance: dg.DagsterInstance, lake: LakeStorage, added: int) -> int:
+    """Rows in the landed table once `added` more have landed (a hub landing or a drop's
+    import): the newest landing's total plus the drops imported since, carried through the
+    event log; counted from Parquet footers only when there is no previous total."""
     from mlassets.lib.tables import running_total
 
     previous = LandingMetadata.latest_recorded(instance)
-    added = sum(r.landed_rows for r in results if not r.rewrite)
-    if previous is not None:
+    if previous is not None and previous.metadata.row_count is not None:
         imports = IncomingMetadata.records(instance, previous.storage_id, limit=10_000)
         added += sum(i.metadata.net_new_rows for i in imports)
     return running_total(

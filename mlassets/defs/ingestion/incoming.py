@@ -9,8 +9,14 @@ the rest (see `mlassets.lib.incoming`). It records the result as a materializati
 import dagster as dg
 from pydantic import Field
 
-from mlassets.defs.ingestion.assets import LANDING_POOL_TAG, landed_events
+from mlassets.defs.ingestion.assets import (
+    LANDING_POOL_TAG,
+    landed_events,
+    landed_table_rows,
+    reasons_markdown,
+)
 from mlassets.lib.lazy import lazy
+from mlassets.lib.metadata import IncomingMetadata, column_schema, lake_uri
 from mlassets.roles.datafactory import DataFactoryResource, run_metadata
 from mlassets.roles.storage import LakeStorage
 
@@ -30,14 +36,6 @@ class ImportIncomingConfig(dg.Config):
         description="how long the copy may take (default: the Data Factory resource's); on "
         "timeout the remote run is cancelled",
     )
-
-
-def _previous_total(instance: dg.DagsterInstance) -> int:
-    event = instance.get_latest_materialization_event(landed_events.key)
-    if event is None or event.asset_materialization is None:
-        return 0
-    value = event.asset_materialization.metadata.get("total_landed_rows")
-    return int(value.value) if value is not None else 0
 
 
 @dg.op(
@@ -64,43 +62,43 @@ def import_incoming_drop(
         f"({result.copy_skipped} skipped by the copy); {result.landed_rows} landed, "
         f"{result.quarantined_rows} quarantined{', rewritten' if result.rewrite else ''}"
     )
-    total = _previous_total(context.instance) + result.landed_rows - result.replaced_rows
+    total = landed_table_rows(context.instance, lake, result.landed_rows - result.replaced_rows)
     context.log_event(
         dg.AssetMaterialization(
             asset_key=landed_events.key,
             description=f"import of {drop.path} (Data Factory run {result.run.run_id})",
-            metadata=import_metadata(result, lake, total),
+            metadata=import_metadata(result, lake, total).to_metadata(),
         )
     )
 
 
-def import_metadata(result: "incoming.ImportResult", lake: LakeStorage, total: int) -> dict:
+def import_metadata(
+    result: "incoming.ImportResult", lake: LakeStorage, total: int
+) -> IncomingMetadata:
+    """`total`: the landed table's rows after this import (its `dagster/row_count`)."""
+    from mlassets.lib.events import LANDED_SCHEMA
+
     rows = result.landed_rows + result.quarantined_rows
-    reasons = result.reasons
-    return {
-        "drop": dg.MetadataValue.path(lake.uri(result.drop.path)),
-        "landed_rows": dg.MetadataValue.int(result.landed_rows),
-        "quarantined_rows": dg.MetadataValue.int(result.quarantined_rows),
-        "copy_skipped_rows": dg.MetadataValue.int(result.copy_skipped),
-        "quarantine_ratio": dg.MetadataValue.float(result.quarantined_rows / rows if rows else 0.0),
-        "total_landed_rows": dg.MetadataValue.int(total),
-        "dagster/row_count": dg.MetadataValue.int(result.landed_rows),
-        "rewrite": dg.MetadataValue.bool(result.rewrite),
-        "files_written": dg.MetadataValue.int(1 + (1 if result.quarantined_rows else 0)),
-        "bytes_written": dg.MetadataValue.int(result.bytes_written),
-        "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
-        "quarantine_reasons": dg.MetadataValue.md(
-            "| reason | rows |\n|---|---|\n"
-            + "".join(f"| {k} | {v} |\n" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
-            if reasons
-            else "No row was quarantined."
-        ),
+    return IncomingMetadata(
+        drop=lake.uri(result.drop.path),
+        landed_rows=result.landed_rows,
+        quarantined_rows=result.quarantined_rows,
+        copy_skipped_rows=result.copy_skipped,
+        replaced_rows=result.replaced_rows,
+        quarantine_ratio=result.quarantined_rows / rows if rows else 0.0,
+        rewrite=result.rewrite,
+        files_written=1 + (1 if result.quarantined_rows else 0),
+        bytes_written=result.bytes_written,
+        seconds=round(result.seconds, 3),
+        quarantine_reasons=reasons_markdown(result.reasons, "rows", "No row was quarantined."),
         # Read by the landed_events checks: exactly the files this import wrote.
-        "files": dg.MetadataValue.json([result.drop.landed_path]),
-        "lake_path": dg.MetadataValue.path(lake.uri(result.drop.landed_path)),
-        "quarantine_path": dg.MetadataValue.path(lake.uri(landing.QUARANTINE_PREFIX)),
-        **run_metadata(result.run),
-    }
+        files=[result.drop.landed_path],
+        quarantine_path=lake.uri(landing.QUARANTINE_PREFIX),
+        pipeline_run=run_metadata(result.run),
+        row_count=total,
+        column_schema=column_schema(LANDED_SCHEMA),
+        uri=lake_uri(lake.uri(result.drop.landed_path)),
+    )
 
 
 @dg.job(

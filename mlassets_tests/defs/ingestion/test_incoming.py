@@ -11,6 +11,7 @@ from mlassets.defs.resources import local_resources
 from mlassets.lib.events import LANDED_SCHEMA, QUARANTINE_SCHEMA
 from mlassets.lib.incoming import Drop
 from mlassets.lib.landing import landed_ranges
+from mlassets.lib.metadata import IncomingMetadata
 from mlassets.twins.adf.factory import LocalDataFactory
 
 PIXELS = [0, 3, 9, 16] * 16
@@ -40,14 +41,14 @@ def run_import(resources, instance, path: str, ok: bool = True):
     return result
 
 
-def materialization(result) -> dict:
+def materialization(result) -> IncomingMetadata:
     (mat,) = [
         e.step_materialization_data.materialization
         for e in result.all_events
         if e.is_step_materialization
     ]
     assert mat.asset_key == landed_events.key
-    return {k: v.value for k, v in mat.metadata.items()}
+    return IncomingMetadata.from_metadata(mat)
 
 
 def test_a_csv_drop_lands_with_the_landed_schema_and_quarantines_the_rest(resources, instance):
@@ -82,12 +83,14 @@ def test_a_csv_drop_lands_with_the_landed_schema_and_quarantines_the_rest(resour
         "pixels must be an array of integers",
     ]
     meta = materialization(result)
-    assert (meta["landed_rows"], meta["quarantined_rows"], meta["copy_skipped_rows"]) == (94, 6, 1)
-    assert meta["rowsRead"] == 100 and meta["rowsCopied"] == 99 and meta["rowsSkipped"] == 1
-    assert meta["files"] == [drop.landed_path]
-    assert meta["total_landed_rows"] == 94
-    assert meta["adf_engine"] == "local" and meta["adf_status"] == "Succeeded"
-    assert meta["adf_run_url"].endswith(f"{meta['adf_run_id']}.json")
+    assert (meta.landed_rows, meta.quarantined_rows, meta.copy_skipped_rows) == (94, 6, 1)
+    run = {k: v.value for k, v in meta.pipeline_run.items()}
+    assert run["rowsRead"] == 100 and run["rowsCopied"] == 99 and run["rowsSkipped"] == 1
+    assert meta.files == [drop.landed_path]
+    assert meta.row_count == 94  # the landed table's rows
+    assert [c.name for c in meta.column_schema.columns] == LANDED_SCHEMA.names
+    assert run["adf_engine"] == "local" and run["adf_status"] == "Succeeded"
+    assert run["adf_run_url"].endswith(f"{run['adf_run_id']}.json")
     assert not lake.exists(drop.staging_path)  # staging is cleaned up
     assert landed_ranges(lake) == {}  # hub watermarks never see incoming files
 
@@ -100,16 +103,16 @@ def test_reimporting_a_drop_rewrites_its_files_instead_of_adding_rows(resources,
     lake.fs.pipe(lake.path(path), "\n".join(lines).encode())
     first = materialization(run_import(resources, instance, path))
     second = materialization(run_import(resources, instance, path))
-    assert first["total_landed_rows"] == second["total_landed_rows"] == 30
-    assert (first["rewrite"], second["rewrite"]) == (False, True)
+    assert first.row_count == second.row_count == 30
+    assert (first.rewrite, second.rewrite) == (False, True)
     drop = Drop.parse(path)
     assert lake.glob("landed/events/partition=incoming/*") == [drop.landed_path]
     assert lake.read_parquet(drop.landed_path).num_rows == 30
-    assert second["adf_run_id"] != first["adf_run_id"]  # every import is a new copy run
+    assert second.pipeline_run["adf_run_id"] != first.pipeline_run["adf_run_id"]  # a new copy
     # a corrected drop replaces what was landed: the running total follows
     lake.fs.pipe(lake.path(path), "\n".join(lines[:20]).encode())
     third = materialization(run_import(resources, instance, path))
-    assert third["total_landed_rows"] == 20 and third["quarantined_rows"] == 0
+    assert third.row_count == 20 and third.quarantined_rows == 0
     assert not lake.exists(drop.quarantine_path)  # the old quarantine file went with it
 
 
