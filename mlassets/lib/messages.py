@@ -186,13 +186,30 @@ def _is_event(doc: Any) -> bool:
     return isinstance(doc, dict) and ("specversion" in doc or "eventType" in doc)
 
 
+def _is_unicode(doc: Any) -> bool:
+    """False when a string of the document holds a lone surrogate, which no tag, run config
+    or database column can store."""
+    try:
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_message(body: bytes, zone: DropZone) -> list[Command]:
     """What a message asks for (one command, or one per event); Rejected when it is malformed,
     of an unknown kind, or names a blob outside the drop zone."""
     try:
-        doc = json.loads(body.decode("utf-8-sig"))
+        text = body.decode("utf-8-sig")
+        doc = json.loads(text)
     except (UnicodeDecodeError, ValueError) as exc:
         raise Rejected(MALFORMED, f"the body is not UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise Rejected(MALFORMED, "the body is JSON nested too deeply") from None
+    if "\\ud" in text.lower() and not _is_unicode(doc):  # only an escape makes a surrogate
+        raise Rejected(
+            MALFORMED, "the body holds a lone surrogate escape (\\ud800-\\udfff), not Unicode"
+        )
     if isinstance(doc, list):
         if not doc:
             raise Rejected(MALFORMED, "the body is an empty JSON array")

@@ -4,7 +4,9 @@ exactly once.
 Each tick receives up to MAX_MESSAGES_PER_TICK messages in peek-lock and, per message:
 
 - malformed, unknown, or outside the drop zone: dead-lettered with a reason and a
-  description (see mlassets.lib.messages);
+  description (see mlassets.lib.messages); one whose parsing fails in a way nobody
+  foresaw is dead-lettered too (UnprocessableMessage, with the error), so it cannot stop the
+  tick and hold up the messages received with it;
 - valid, and a run with its run key (the message id) already exists: completed;
 - valid, no run yet: a RunRequest with run_key = message id, and the message is left
   locked, not settled.
@@ -63,6 +65,9 @@ RETRAIN_JOB, SCORE_JOB, IMPORT_JOB = "train_model", "score_events", "import_inco
 NO_SUCH_JOB = "JobNotInCodeLocation"
 #: Dead-letter reason for a drop the import job cannot read (not CSV or JSON lines).
 UNSUPPORTED_DROP = "UnsupportedDrop"
+#: Dead-letter reason for a message whose parsing failed unexpectedly: reading it again
+#: would fail again, so it is set aside (with the error) instead of stopping every tick.
+UNPROCESSABLE = "UnprocessableMessage"
 
 
 def import_incoming_run_config(drop_path: str) -> dict:
@@ -172,7 +177,8 @@ def build_servicebus_sensor(
                             f"job {', '.join(missing)} is not in this code location "
                             f"(the sensor targets {', '.join(sorted(available))})",
                         )
-                except Rejected as rejected:
+                except Exception as exc:  # one message must not stop the tick
+                    rejected = exc if isinstance(exc, Rejected) else _unprocessable(exc)
                     settled = _settle(
                         context, session.dead_letter, message, rejected.reason, rejected.description
                     )
@@ -200,6 +206,11 @@ def build_servicebus_sensor(
         return dg.SkipReason(f"{queue!r}: {summary}; nothing new to run")
 
     return servicebus_sensor
+
+
+def _unprocessable(exc: Exception) -> Rejected:
+    error = f"{type(exc).__name__}: {exc}".encode("utf-8", "backslashreplace").decode()
+    return Rejected(UNPROCESSABLE, error)
 
 
 def _settle(context, action, message: ReceivedMessage, *args) -> bool:

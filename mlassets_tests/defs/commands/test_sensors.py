@@ -280,6 +280,8 @@ def dead_letters(queue):
             "UnsupportedEventType",
             "BlobDeleted",
         ),
+        (b"[" * 50_000 + b"]" * 50_000, "MalformedMessage", "nested too deeply"),
+        (b'{"type": "retrain", "reason": "\\ud800"}', "MalformedMessage", "lone surrogate"),
     ],
 )
 def test_what_cannot_be_processed_is_dead_lettered_with_its_reason(
@@ -292,6 +294,26 @@ def test_what_cannot_be_processed_is_dead_lettered_with_its_reason(
     (got_reason, description) = dead_letters(queue)[mid]
     assert got_reason == reason and says in description
     assert queue.counts().active == 0
+
+
+def test_a_message_whose_parsing_fails_unexpectedly_is_dead_lettered_with_the_error(
+    resources, queue, instance, monkeypatch
+):
+    real = sensor_module.parse_message
+
+    def fragile(body, zone):
+        if b"boom" in body:
+            raise KeyError("a case nobody foresaw")
+        return real(body, zone)
+
+    monkeypatch.setattr(sensor_module, "parse_message", fragile)
+    bad = queue.send_json({"type": "score", "note": "boom"})
+    good = queue.send_json({"type": "score"})
+    data = tick(resources, instance)
+    assert [r.run_key for r in data.run_requests] == [good]
+    reason, description = dead_letters(queue)[bad]
+    assert reason == "UnprocessableMessage"
+    assert description == "KeyError: 'a case nobody foresaw'"
 
 
 def test_one_bad_message_does_not_hold_up_the_good_ones(resources, queue, instance):
