@@ -7,8 +7,8 @@ with bash, as the Batch agent would, with the task's environment settings. `dock
 `horovodrun` on that node are small fakes standing for the container runtime: `docker exec`
 passes only the variables named with `-e` (plus what the image itself would provide), and
 `horovodrun` starts rank 0 of the program. The program opens Pipes with
-`mlassets.training_program.pipes.open_pipes()` and `MLASSETS_PIPES_MESSAGES=azure-blob`, so its logs and
-materialization travel through dagster_pipes' blob writer and Azurite to dagster-azure's
+`mlassets.training_program.pipes.open_pipes()` and `MLASSETS_PIPES_MESSAGES=azure-blob`, so its
+logs and materialization travel through dagster_pipes' blob writer and Azurite to dagster-azure's
 PipesAzureBlobStorageMessageReader. The Azurite connection string stands in for the managed
 identity the real node would use.
 """
