@@ -286,7 +286,7 @@ def lake_url() -> str:
 
 
 def max_range_events() -> int:
-    return int(get("MLASSETS_MAX_RANGE_EVENTS") or 50_000)
+    return int(_number("MLASSETS_MAX_RANGE_EVENTS", int))
 
 
 def max_event_bytes() -> int:
