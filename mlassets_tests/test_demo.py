@@ -10,7 +10,16 @@ import pyarrow.dataset as ds
 import pytest
 import sqlalchemy as sa
 
+from mlassets.lib.events import LANDED_SCHEMA
 from mlassets.lib.inference import approved_models
+from mlassets.lib.metadata import (
+    LABELS,
+    LANDED_EVENTS,
+    DatasetMetadata,
+    LabelsMetadata,
+    LandingMetadata,
+    ScoringMetadata,
+)
 from mlassets.settings import PROJECT_ROOT
 
 BIN = os.path.dirname(sys.executable)
@@ -86,3 +95,34 @@ def test_the_demo_run_is_in_the_dagster_instance_with_every_check_passed():
         ]
         assert len(evaluations) >= 8
         assert all(e.dagster_event.event_specific_data.passed for e in evaluations)
+
+
+@pytest.mark.slow
+def test_each_table_records_its_columns_and_its_own_row_count_not_the_runs(demo):
+    """The latest materialization of every table-shaped asset carries the standard metadata
+    the UI shows, and its row count is the table's (read here to compare)."""
+    from deltalake import DeltaTable
+
+    _, data, _ = demo
+    lake = data / "lake"
+    with dg.DagsterInstance.get() as instance:
+        landing = LandingMetadata.latest(instance)
+        labels = LabelsMetadata.latest(instance)
+        dataset = DatasetMetadata.latest(instance)
+        scoring = ScoringMetadata.latest(instance)
+    labels_table = DeltaTable(str(lake / "curated" / "labels"))
+    assert landing.row_count == ds.dataset(lake / "landed" / "events").count_rows()
+    assert labels.row_count == labels_table.to_pyarrow_dataset().count_rows()
+    version = lake / "datasets" / "digits" / f"v={dataset.version}"
+    assert dataset.row_count == ds.dataset(version).count_rows()
+    assert scoring.row_count == ds.dataset(lake / "predictions").count_rows() > 0
+    assert [c.name for c in landing.column_schema.columns] == LANDED_SCHEMA.names
+    assert {c.name for c in labels.column_schema.columns} >= {"sample_id", "label"}
+    assert {c.name for c in dataset.column_schema.columns} >= {"sample_id", "pixels", "label"}
+    assert "predicted_class" in {c.name for c in scoring.column_schema.columns}
+    assert landing.uri == f"file://{lake / 'landed' / 'events'}"
+    assert dataset.uri == f"file://{version}"
+    label_deps = dataset.column_lineage.deps_by_column["label"]
+    assert [(d.asset_key, d.column_name) for d in label_deps] == [(LABELS, "label")]
+    predicted = {d.asset_key for d in scoring.column_lineage.deps_by_column["predicted_class"]}
+    assert LANDED_EVENTS in predicted and len(predicted) == 2  # the pixels, through a model
