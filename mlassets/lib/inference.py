@@ -35,6 +35,8 @@ PREDICTION_SCHEMA = pa.schema(
         pa.field("probability", pa.float64(), nullable=False),
         pa.field("model_version", pa.string(), nullable=False),
         pa.field("scored_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        # The Dagster run that scored it (row-level lineage); empty when scored outside a run.
+        pa.field("run_id", pa.string()),
     ]
 )
 
@@ -112,8 +114,9 @@ def load(model: ApprovedModel, lake: LakeStorage):
     return load_model(_local_copy(model.path, lake))
 
 
-def score(keras_model, samples: pa.Table, version: str) -> pa.Table:
-    """One vectorized prediction over all samples -> PREDICTION_SCHEMA."""
+def score(keras_model, samples: pa.Table, version: str, run_id: str | None = None) -> pa.Table:
+    """One vectorized prediction over all samples -> PREDICTION_SCHEMA, stamped with the
+    run that scored them."""
     if samples.num_rows == 0:
         return PREDICTION_SCHEMA.empty_table()
     from mlassets.training_program.model import predict_proba
@@ -129,6 +132,7 @@ def score(keras_model, samples: pa.Table, version: str) -> pa.Table:
             "probability": pa.array(proba[np.arange(len(classes)), classes].astype(np.float64)),
             "model_version": pa.array(np.full(len(classes), version, dtype=object), pa.string()),
             "scored_at": pa.array(np.full(len(classes), now), pa.timestamp("us", tz="UTC")),
+            "run_id": pa.array([run_id] * len(classes), pa.string()),
         },
         schema=PREDICTION_SCHEMA,
     )

@@ -95,6 +95,7 @@ def test_unscored_samples_are_unlabeled_and_not_yet_predicted_by_this_model(lake
             "probability": [0.9],
             "model_version": ["m1"],
             "scored_at": pa.array([0], pa.timestamp("us", tz="UTC")),
+            "run_id": ["r1"],
         },
         schema=PREDICTION_SCHEMA,
     )

@@ -39,7 +39,7 @@ def inference_outputs(
     samples = inference.unscored_samples(lake, model.version)
     keras_model = inference.load(model, lake) if samples.num_rows else None
     started = time.perf_counter()
-    predictions = inference.score(keras_model, samples, model.version)
+    predictions = inference.score(keras_model, samples, model.version, run_id=context.run_id)
     seconds = time.perf_counter() - started
     path = None
     if predictions.num_rows:

@@ -150,7 +150,7 @@ def landed_events(
             )
             continue
         rewrite = todo in landed.get(want.partition_id, [])
-        result = land_range(event_hub, lake, todo, rewrite=rewrite)
+        result = land_range(event_hub, lake, todo, rewrite=rewrite, run_id=context.run_id)
         if not rewrite:
             landed.setdefault(todo.partition_id, []).append(todo)
         results.append(result)
