@@ -20,7 +20,7 @@ demo: setup
 	$(BIN)/mlassets demo
 
 test: setup-tests
-	$(BIN)/ruff check mlassets mlassets_tests benchmarks
+	$(BIN)/ruff check mlassets mlassets_tests benchmarks infra
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The Dagster UI and daemon (sensors, run queue) on http://127.0.0.1:3000
@@ -32,7 +32,7 @@ daemon: setup
 	$(BIN)/dagster-daemon run
 
 lint: setup-tests
-	$(BIN)/ruff check mlassets mlassets_tests benchmarks
+	$(BIN)/ruff check mlassets mlassets_tests benchmarks infra
 
 bench: setup
 	$(BIN)/python -m benchmarks

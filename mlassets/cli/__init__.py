@@ -504,5 +504,9 @@ from mlassets.cli.publish import publish  # noqa: E402 - a command module that i
 
 main.add_command(publish)
 
+from mlassets.cli.infra import infra_group  # noqa: E402 - a command module registered on main
+
+main.add_command(infra_group)
+
 if __name__ == "__main__":
     main()

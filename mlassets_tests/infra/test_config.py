@@ -1,0 +1,86 @@
+"""Stack config: defaults, and one clear line for a value that cannot be used."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlassets_tests.infra.conftest import run_program
+
+pulumi = pytest.importorskip("pulumi")
+
+from mlassets_infra import config  # noqa: E402 - infra/ is put on sys.path by the conftest
+
+
+def test_every_key_has_a_default_and_the_prefix_comes_from_the_stack():
+    settings = config.parse({}, "Dev_1")
+    assert settings.name_prefix == "mlassets-dev1"
+    assert settings.event_hub_partitions == 4
+    assert settings.event_hub_retention_days == 1
+    assert settings.queue_lock_seconds == 60
+    assert settings.postgres_enabled is False
+    assert settings.compact_name("lake") == "mlassetsdev1lake"
+
+
+@pytest.mark.parametrize("value", ["0", "33", "four", "4.5"])
+def test_a_partition_count_outside_1_to_32_is_refused_naming_key_value_and_range(value):
+    with pytest.raises(config.ConfigError) as failure:
+        config.parse({"eventHubPartitions": value}, "dev")
+    assert str(failure.value) == (
+        f"config mlassets:eventHubPartitions is {value!r}; accepted: an integer from 1 to 32"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "accepted"),
+    [
+        ("eventHubRetentionDays", "8", "an integer from 1 to 7"),
+        ("queueLockSeconds", "301", "an integer from 5 to 300"),
+        ("postgresEnabled", "yes", "true or false"),
+        ("namePrefix", "Has_Upper", "3 to 18 lowercase letters, digits, '-'"),
+        ("sqlAdminPrincipalType", "Robot", "one of User, Group, Application"),
+        ("dagsterPrincipalId", "not-a-guid", "a GUID"),
+    ],
+)
+def test_other_bad_values_name_what_is_accepted(key, value, accepted):
+    with pytest.raises(config.ConfigError, match=f"mlassets:{key} is '{value}'; accepted: "):
+        config.parse({key: value}, "dev")
+    with pytest.raises(config.ConfigError) as failure:
+        config.parse({key: value}, "dev")
+    assert str(failure.value).endswith(accepted)
+
+
+def test_an_unknown_key_is_refused_with_the_known_ones():
+    with pytest.raises(config.ConfigError, match=r"unknown config key.*mlassets:partitions"):
+        config.parse({"partitions": "4"}, "dev")
+
+
+def test_postgres_for_a_principal_from_config_needs_its_name():
+    values = {
+        "postgresEnabled": "true",
+        "dagsterPrincipalId": "44444444-4444-4444-4444-444444444444",
+    }
+    with pytest.raises(config.ConfigError, match="dagsterPrincipalName"):
+        config.parse(values, "dev")
+
+
+def test_config_errors_end_the_program_without_a_stack_trace():
+    # pulumi.RunError is what Pulumi reports as one line, without the program's traceback.
+    assert issubclass(config.ConfigError, pulumi.RunError)
+
+
+def test_the_program_reads_the_stacks_config(monkeypatch):
+    captured = {}
+    monkeypatch.setattr(config.pulumi, "get_stack", lambda: "prod")
+    values = {"mlassets:eventHubPartitions": "8", "mlassets:namePrefix": "acme-ml"}
+    monkeypatch.setattr(
+        config.pulumi.Config, "get", lambda self, key, *a, **k: values.get(f"{self.name}:{key}")
+    )
+    captured["settings"] = config.from_pulumi()
+    assert captured["settings"].event_hub_partitions == 8
+    assert captured["settings"].name_prefix == "acme-ml"
+    assert captured["settings"].stack == "prod"
+
+
+def test_a_bad_value_stops_the_program_before_any_resource(monkeypatch):
+    with pytest.raises(config.ConfigError, match="eventHubPartitions is '40'"):
+        run_program({"eventHubPartitions": "40"})
