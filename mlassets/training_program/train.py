@@ -10,9 +10,11 @@ the same dataset, settings and worker count give the same model.
 Built for throughput: a step's gradients go in one fused allreduce, an epoch runs as one
 graph, and local ranks are bound to their own cores (bind_to_cores). Every step pays a fixed
 synchronous cost (the allreduce, waiting for the slowest rank), so by default the step grows
-with the data (`choose_batch_size`); on CPUs a large step is computed in cache-sized
-micro-batches under one gradient tape (`micro_batch_sizes`), so a sample costs about what it
-does in a small step and the gradient is still that of the whole batch.
+with the data (`choose_batch_size`) while small data keeps small steps and, below 32 steps an
+epoch, trains more epochs (`choose_epochs`): every model makes enough updates to learn. On CPUs
+a large step is computed in cache-sized micro-batches under one gradient tape
+(`micro_batch_sizes`), so a sample costs about what it does in a small step and the gradient is
+still that of the whole batch.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ class Args:
     lake_url: str
     dataset_version: str
     model_version: str
-    epochs: int = 12
+    #: Passes over the train split; None: `choose_epochs`.
+    epochs: int | None = None
     #: Samples per worker per step (one gradient allreduce); None: `choose_batch_size`.
     batch_size: int | None = None
     learning_rate: float = 0.002
@@ -72,7 +75,13 @@ def parse_args(argv: list[str]) -> Args:
     p.add_argument("--lake-url", required=True)
     p.add_argument("--dataset-version", required=True)
     p.add_argument("--model-version", required=True)
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument(
+        "--epochs",
+        type=_optional_positive_int,
+        default=None,
+        help=f"passes over the train split, or 'auto' (default): {DEFAULT_EPOCHS}, more when "
+        f"that would make fewer than {MIN_UPDATES} updates",
+    )
     p.add_argument(
         "--batch-size",
         type=_optional_int,
@@ -94,19 +103,34 @@ def parse_args(argv: list[str]) -> Args:
     return Args(**vars(p.parse_args(argv)))
 
 
-def _optional_int(text: str) -> int | None:
+def _optional_int(text: str, least: int = 0) -> int | None:
     if text == "auto":
         return None
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0, got {text}")
+    try:
+        value = int(text)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= {least}, got {text!r}")
     return value
 
 
+def _optional_positive_int(text: str) -> int | None:
+    return _optional_int(text, least=1)
+
+
 #: The automatic step sizes per worker, largest first.
-AUTO_BATCH_SIZES = (2048, 1024, 512, 256)
+AUTO_BATCH_SIZES = (2048, 1024, 512, 256, 128, 64, 32)
 #: Fewest steps an epoch the automatic step size leaves each worker: enough updates to learn.
 MIN_STEPS_PER_EPOCH = 32
+#: Epochs when the data gives every worker MIN_STEPS_PER_EPOCH steps an epoch.
+DEFAULT_EPOCHS = 12
+#: Fewest optimizer updates an automatic run makes (DEFAULT_EPOCHS x MIN_STEPS_PER_EPOCH):
+#: data too small for 32 steps of the smallest batch trains more epochs instead. With 3,000
+#: events (about 950 rows per worker) that is 14 epochs of 29 steps of 32.
+MIN_UPDATES = DEFAULT_EPOCHS * MIN_STEPS_PER_EPOCH
+#: Most epochs the automatic choice makes (a few dozen rows: each epoch is one tiny step).
+MAX_AUTO_EPOCHS = 200
 #: Rows a CPU computes at once: a 256-row layer's activations stay in the core's cache; a
 #: 2048-row one does not, and the same samples take ~10% longer.
 CPU_MICRO_BATCH = 256
@@ -116,10 +140,11 @@ def choose_batch_size(rows_per_worker: int, requested: int | None) -> tuple[int,
     """The batch per worker per step, and why, for the run log.
 
     Asked for: that, or the worker's rows when it has fewer. Automatic: the largest of
-    AUTO_BATCH_SIZES that still gives every worker MIN_STEPS_PER_EPOCH steps an epoch. Small
-    datasets keep small steps (many updates an epoch, the accuracy they need); large ones get
-    large steps, whose fixed synchronous cost is amortized over more samples, so adding workers
-    keeps paying off as the data grows and the retraining sensor trains again and again.
+    AUTO_BATCH_SIZES that still gives every worker MIN_STEPS_PER_EPOCH steps an epoch (or the
+    smallest when none does). Small datasets keep small steps (many updates an epoch, the
+    accuracy they need); large ones get large steps, whose fixed synchronous cost is amortized
+    over more samples, so adding workers keeps paying off as the data grows and the retraining
+    sensor trains again and again.
     """
     if rows_per_worker <= 0:
         raise ValueError("a worker has no training rows")
@@ -137,7 +162,34 @@ def choose_batch_size(rows_per_worker: int, requested: int | None) -> tuple[int,
                 f"give {rows_per_worker // size} steps an epoch)"
             )
     size = min(AUTO_BATCH_SIZES[-1], rows_per_worker)
-    return size, f"batch size {size} per worker (automatic: {rows_per_worker:,} rows per worker)"
+    return size, (
+        f"batch size {size} per worker (automatic: the smallest step; {rows_per_worker:,} rows "
+        f"per worker give {rows_per_worker // size} steps an epoch, fewer than "
+        f"{MIN_STEPS_PER_EPOCH})"
+    )
+
+
+def choose_epochs(steps_per_epoch: int, requested: int | None) -> tuple[int, str]:
+    """The number of epochs, and why, for the run log.
+
+    Asked for: that. Automatic: DEFAULT_EPOCHS, or as many more (up to MAX_AUTO_EPOCHS) as it
+    takes to make MIN_UPDATES updates: a small dataset learns from the number of updates, not
+    of passes, and a few thousand rows cut into steps make too few of them in 12 passes.
+    """
+    if steps_per_epoch <= 0:
+        raise ValueError("an epoch has no steps")
+    if requested is not None:
+        return requested, f"{requested} epochs ({requested * steps_per_epoch:,} updates)"
+    needed = -(-MIN_UPDATES // steps_per_epoch)
+    epochs = min(max(DEFAULT_EPOCHS, needed), MAX_AUTO_EPOCHS)
+    if epochs == DEFAULT_EPOCHS:
+        return epochs, f"{epochs} epochs (automatic: {epochs * steps_per_epoch:,} updates)"
+    return epochs, (
+        f"{epochs} epochs (automatic: {steps_per_epoch} steps an epoch need {needed} epochs "
+        f"for {MIN_UPDATES} updates"
+        + (f", at most {MAX_AUTO_EPOCHS}" if needed > MAX_AUTO_EPOCHS else "")
+        + f"; {epochs * steps_per_epoch:,} updates)"
+    )
 
 
 def mean_loss_in_parts(model, loss_fn, x, y, parts: list[int]):
@@ -192,24 +244,27 @@ class Reporter:
     def report(self, metrics: Metrics) -> None:
         if self.pipes is None:
             return
+        # The metadata contract spells the keys (imported here: rank 0, under Pipes only).
+        from mlassets.lib.metadata import ModelMetadata
+
+        reported = ModelMetadata(
+            test_accuracy=metrics.test_accuracy,
+            test_loss=metrics.test_loss,
+            epochs=metrics.epochs,
+            workers=metrics.workers,
+            batch_size_per_worker=metrics.batch_size,
+            micro_batch=metrics.micro_batch,
+            steps_per_epoch=metrics.steps_per_epoch,
+            samples_per_second=metrics.samples_per_second,
+            train_rows=metrics.train_rows,
+            training_seconds=round(metrics.seconds, 2),
+            dataset_version=metrics.dataset_version,
+            model_version=metrics.model_version,
+            model_path=metrics.model_path,
+            history=_history_markdown(metrics.history),
+        )
         self.pipes.report_asset_materialization(
-            metadata={
-                "test_accuracy": {"raw_value": metrics.test_accuracy, "type": "float"},
-                "test_loss": {"raw_value": metrics.test_loss, "type": "float"},
-                "epochs": {"raw_value": metrics.epochs, "type": "int"},
-                "workers": {"raw_value": metrics.workers, "type": "int"},
-                "batch_size_per_worker": {"raw_value": metrics.batch_size, "type": "int"},
-                "micro_batch": {"raw_value": metrics.micro_batch, "type": "int"},
-                "steps_per_epoch": {"raw_value": metrics.steps_per_epoch, "type": "int"},
-                "samples_per_second": {"raw_value": metrics.samples_per_second, "type": "float"},
-                "train_rows": {"raw_value": metrics.train_rows, "type": "int"},
-                "training_seconds": {"raw_value": round(metrics.seconds, 2), "type": "float"},
-                "dataset_version": {"raw_value": metrics.dataset_version, "type": "text"},
-                "model_version": {"raw_value": metrics.model_version, "type": "text"},
-                "model_path": {"raw_value": metrics.model_path, "type": "path"},
-                "history": {"raw_value": _history_markdown(metrics.history), "type": "md"},
-            },
-            data_version=metrics.model_version,
+            metadata=reported.to_pipes(), data_version=metrics.model_version
         )
 
     def close(self, exc: BaseException | None = None) -> None:
@@ -313,9 +368,11 @@ def train(args: Args) -> Metrics | None:
         micro = auto_micro if args.micro_batch is None else args.micro_batch
         parts = micro_batch_sizes(batch_size, micro)
         steps = fewest // batch_size
+        epochs, epochs_why = choose_epochs(steps, args.epochs)
         reporter.log(
             f"{why}, {steps} steps an epoch"
             + (f", computed in {len(parts)} micro-batches of {parts[0]}" if len(parts) > 1 else "")
+            + f"; {epochs_why}"
         )
 
         # Running sums stay on the device: a step never waits for Python to read a number,
@@ -362,7 +419,7 @@ def train(args: Args) -> Metrics | None:
         history: list[dict] = []
         started = time.perf_counter()
         first = True
-        for epoch in range(1, args.epochs + 1):
+        for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             batches = rng.permutation(len(x))[: steps * batch_size].reshape(steps, -1)
             loss_sum.assign(0.0)
@@ -396,7 +453,7 @@ def train(args: Args) -> Metrics | None:
             }
             history.append(record)
             reporter.log(
-                f"epoch {epoch}/{args.epochs}: loss {record['loss']:.4f} accuracy "
+                f"epoch {epoch}/{epochs}: loss {record['loss']:.4f} accuracy "
                 f"{record['accuracy']:.4f} val_accuracy {record['val_accuracy']:.4f} "
                 f"samples/s {record['samples_per_second']:,.0f}"
             )
@@ -406,6 +463,7 @@ def train(args: Args) -> Metrics | None:
         if rank == 0:
             shape = {
                 "workers": size,
+                "epochs": epochs,
                 "train_rows": train_rows,
                 "batch_size": batch_size,
                 "micro_batch": parts[0],
@@ -427,7 +485,8 @@ def train(args: Args) -> Metrics | None:
 
 def _finish(args, lake, model, loss_fn, history, seconds, shape: dict) -> Metrics:
     """Rank 0: test-set evaluation, then the model and its metrics into the lake. `shape`:
-    workers, train_rows and how the steps were cut (batch_size, micro_batch, steps_per_epoch).
+    workers, train_rows and how the steps were cut (epochs, batch_size, micro_batch,
+    steps_per_epoch).
     """
     from mlassets.lib.datasets import read_split
 
@@ -445,7 +504,6 @@ def _finish(args, lake, model, loss_fn, history, seconds, shape: dict) -> Metric
         dataset_version=args.dataset_version,
         model_version=args.model_version,
         model_path=lake.uri(f"{model_dir}/model.keras"),
-        epochs=args.epochs,
         test_accuracy=test_accuracy,
         test_loss=test_loss,
         samples_per_second=rate,

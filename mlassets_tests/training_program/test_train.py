@@ -15,7 +15,13 @@ from mlassets.lib.events import decode_events, raw_events_table
 from mlassets.roles.storage import LakeStorage
 from mlassets.roles.training import LocalHorovod, TrainingJob
 from mlassets.simulate import make_events
-from mlassets.training_program.train import choose_batch_size, mean_loss_in_parts, micro_batch_sizes
+from mlassets.training_program.train import (
+    choose_batch_size,
+    choose_epochs,
+    mean_loss_in_parts,
+    micro_batch_sizes,
+    parse_args,
+)
 
 CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 linux_only = pytest.mark.skipif(not CORES, reason="CPU affinity is a Linux API")
@@ -127,15 +133,72 @@ def test_a_large_step_runs_in_micro_batches_under_horovod_and_says_so(tmp_path):
 
 
 def test_the_automatic_step_grows_with_the_data_and_leaves_every_worker_32_steps_an_epoch():
-    assert choose_batch_size(3_100, None)[0] == 256  # the demo: many updates, small steps
+    assert choose_batch_size(950, None)[0] == 32  # 3,000 events on 2 workers: 29 steps of 32
+    assert choose_batch_size(3_100, None)[0] == 64  # the demo: many updates, small steps
+    assert choose_batch_size(8_200, None)[0] == 256
     assert choose_batch_size(25_000, None)[0] == 512  # 48 steps; 1024 would leave 24
     assert choose_batch_size(40_000, None)[0] == 1024
-    assert choose_batch_size(80_000, None)[0] == 2048
+    assert choose_batch_size(80_000, None)[0] == 2048  # the scaling benchmark's 2 workers
     assert choose_batch_size(10_000_000, None)[0] == 2048  # never beyond the largest
-    assert choose_batch_size(200, None)[0] == 200  # fewer rows than the smallest step
+    assert choose_batch_size(200, None)[0] == 32  # the smallest step, 6 of them an epoch
+    assert choose_batch_size(20, None)[0] == 20  # fewer rows than the smallest step
     assert choose_batch_size(80_000, None)[1] == (
         "batch size 2048 per worker (automatic: 80,000 rows per worker give 39 steps an epoch)"
     )
+    assert choose_batch_size(950, None)[1] == (
+        "batch size 32 per worker (automatic: the smallest step; 950 rows per worker give 29 "
+        "steps an epoch, fewer than 32)"
+    )
+
+
+@pytest.mark.parametrize("rows", [2, 31, 200, 950, 1_000, 1_900, 3_100, 16_000, 80_000, 10**7])
+def test_every_automatic_run_makes_at_least_384_updates_of_a_step_no_larger_than_needed(rows):
+    batch, _ = choose_batch_size(rows, None)
+    steps = rows // batch
+    epochs, _ = choose_epochs(steps, None)
+    assert epochs >= 12
+    assert epochs * steps >= 384 or epochs == 200  # a handful of rows: capped at 200 passes
+    assert steps >= 32 or batch == min(32, rows)  # fewer steps only at the smallest step
+
+
+def test_data_too_small_for_32_steps_an_epoch_trains_more_epochs_and_says_why():
+    assert choose_epochs(32, None) == (12, "12 epochs (automatic: 384 updates)")
+    assert choose_epochs(39, None) == (12, "12 epochs (automatic: 468 updates)")  # unchanged
+    assert choose_epochs(29, None) == (
+        14,
+        "14 epochs (automatic: 29 steps an epoch need 14 epochs for 384 updates; 406 updates)",
+    )
+    assert choose_epochs(1, None) == (
+        200,
+        "200 epochs (automatic: 1 steps an epoch need 384 epochs for 384 updates, at most 200; "
+        "200 updates)",
+    )
+
+
+def test_asked_for_epochs_are_kept_whatever_the_data():
+    assert choose_epochs(3, 2) == (2, "2 epochs (6 updates)")
+    assert choose_epochs(1_000, 12) == (12, "12 epochs (12,000 updates)")
+    with pytest.raises(ValueError, match="no steps"):
+        choose_epochs(0, None)
+
+
+def test_the_command_line_takes_auto_or_a_number_for_epochs_batch_and_micro_batch():
+    base = ["--lake-url", "file:///x", "--dataset-version", "d", "--model-version", "m"]
+    args = parse_args(base)
+    assert (args.epochs, args.batch_size, args.micro_batch) == (None, None, None)
+    args = parse_args([*base, "--epochs", "3", "--batch-size", "64", "--micro-batch", "0"])
+    assert (args.epochs, args.batch_size, args.micro_batch) == (3, 64, 0)
+    assert parse_args([*base, "--epochs", "auto"]).epochs is None
+
+
+@pytest.mark.parametrize(
+    "option,value", [("--epochs", "0"), ("--batch-size", "-1"), ("--micro-batch", "x")]
+)
+def test_the_command_line_refuses_a_count_that_makes_no_sense(option, value, capsys):
+    base = ["--lake-url", "file:///x", "--dataset-version", "d", "--model-version", "m"]
+    with pytest.raises(SystemExit):
+        parse_args([*base, option, value])
+    assert "expected 'auto' or a number >= " in capsys.readouterr().err
 
 
 def test_an_asked_for_batch_is_kept_or_cut_to_the_rows_a_worker_has():

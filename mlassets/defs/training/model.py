@@ -20,11 +20,15 @@ def min_test_accuracy() -> float:
 
 
 class TrainingConfig(dg.Config):
-    epochs: int = Field(default=12, description="passes over the training split")
+    epochs: int | None = Field(
+        default=None,
+        description="passes over the training split. Empty: 12, or more when the data is too "
+        "small for 12 x 32 = 384 updates (a few thousand rows)",
+    )
     batch_size: int | None = Field(
         default=None,
         description="samples per worker per step (one gradient allreduce). Empty: grows with "
-        "the data, from 256 up to 2048 while every worker keeps at least 32 steps an epoch; "
+        "the data, from 32 up to 2048 while every worker keeps at least 32 steps an epoch; "
         "larger steps scale better across workers",
     )
     learning_rate: float = Field(
@@ -81,7 +85,7 @@ def digit_classifier(
             "--model-version",
             version,
             "--epochs",
-            str(config.epochs),
+            _auto(config.epochs),
             "--batch-size",
             _auto(config.batch_size),
             "--micro-batch",

@@ -52,10 +52,10 @@ def _command_line(tmp_path, config: dict) -> Args:
     return parse_args(job.args)
 
 
-def test_an_empty_batch_size_and_micro_batch_are_left_to_the_training_program(tmp_path):
+def test_an_empty_batch_size_micro_batch_and_epochs_are_left_to_the_training_program(tmp_path):
     args = _command_line(tmp_path, {})
-    assert (args.batch_size, args.micro_batch) == (None, None)  # 'auto' on the command line
-    assert args.epochs == 12
+    # 'auto' on the command line
+    assert (args.batch_size, args.micro_batch, args.epochs) == (None, None, None)
     assert args.dataset_version == "0123456789abcdef"
 
 

@@ -66,11 +66,12 @@ def test_training_end_to_end_reaches_the_accuracy_bar_and_passes_the_blocking_ch
     }
     assert meta["test_accuracy"] >= 0.90
     assert meta["workers"] == 2
-    assert meta["epochs"] == 12
     assert meta["samples_per_second"] > 0
-    # A few thousand rows: the automatic step stays small, so every epoch has several updates.
-    assert meta["batch_size_per_worker"] == 256
-    assert meta["steps_per_epoch"] >= 5
+    # A few thousand rows: the automatic step stays small, so every epoch has 32 updates or more
+    # and the run makes at least 12 x 32.
+    assert meta["batch_size_per_worker"] == 32
+    assert meta["steps_per_epoch"] >= 32
+    assert meta["epochs"] == 12
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"class_balance": True, "splits_disjoint": True, "test_accuracy": True}
 
