@@ -135,3 +135,25 @@ def test_an_empty_drop_conforms_to_empty_tables():
         datetime(2026, 1, 5, tzinfo=UTC),
     )
     assert out.landed.num_rows == out.quarantined.num_rows == 0
+
+
+def test_hostile_rows_of_a_drop_are_quarantined_like_hostile_hub_events():
+    # What once raised out of the decoder (and failed the whole import) is one row's reason.
+    table = staged(
+        sample_id=["ok", "far", "big"],
+        pixels=[json.dumps(PIXELS)] * 3,
+        source=["s", "s", "x" * 70_000],
+        captured_at=["2026-01-05T10:00:00Z", "9999-12-31T23:00:00-05:00", "2026-01-05T10:00:00Z"],
+    )
+    none_skipped = pa.table(
+        {"item": pa.array([], pa.string()), "message": pa.array([], pa.string())}
+    )
+    out = conform(
+        table, none_skipped, Drop.parse("incoming/h.csv"), datetime(2026, 1, 5, tzinfo=UTC)
+    )
+    assert out.landed["sample_id"].to_pylist() == ["ok"]
+    size = len(staged_bodies(table)[2].as_py())
+    assert out.quarantined["reason"].to_pylist() == [
+        "captured_at is outside years 1..9999 once in UTC",
+        f"body is {size:,} bytes, above the limit of 65,536 (MLASSETS_MAX_EVENT_BYTES)",
+    ]
