@@ -60,7 +60,16 @@ def infra_group() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="where to write (Dagster's CLI loads .env from the folder it starts in)",
 )
-def infra_env(stack: str | None, from_file: Path | None, output: Path) -> None:
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(["dotenv", "env-file"]),
+    default="dotenv",
+    show_default=True,
+    help="dotenv: quoted, for Dagster and `. ./.env`; env-file: unquoted, for "
+    "`kubectl create configmap --from-env-file` and `docker run --env-file`",
+)
+def infra_env(stack: str | None, from_file: Path | None, output: Path, file_format: str) -> None:
     """Write the MLASSETS_* settings of a stack as a .env for MLASSETS_DEPLOYMENT=azure."""
     if (stack is None) == (from_file is None):
         _fail("give exactly one of --stack NAME or --from FILE")
@@ -73,11 +82,16 @@ def infra_env(stack: str | None, from_file: Path | None, output: Path) -> None:
     else:
         text, source = _stack_outputs(stack), f"stack {stack}"
     try:
-        values = write_env(load_outputs(text, source), output, source)
+        values = write_env(
+            load_outputs(text, source), output, source, quoted=file_format == "dotenv"
+        )
     except InfraEnvError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write {output}: {exc.strerror or exc}")
+    if file_format == "env-file":
+        click.echo(f"wrote {len(values)} settings from {source} to {output} (unquoted)")
+        return
     click.echo(
         f"wrote {len(values)} settings from {source} to {output}; Dagster's CLI loads it from "
         f"this folder, and `set -a; . {output}; set +a` exports it for mlassets commands"

@@ -85,17 +85,22 @@ def env_values(outputs: Mapping[str, Any]) -> dict[str, str]:
     return values
 
 
-def render(values: Mapping[str, str], source: str) -> str:
-    """A `.env` that python-dotenv (Dagster) and a POSIX shell read alike: single quotes."""
+def render(values: Mapping[str, str], source: str, quoted: bool = True) -> str:
+    """A `.env` that python-dotenv (Dagster) and a POSIX shell read alike: single quotes.
+    Unquoted, it is the env-file of `kubectl create configmap --from-env-file` and
+    `docker run --env-file`, which take every character after `=` literally."""
     lines = [
         f"# mlassets on Azure, written by `mlassets infra env` from {source}.",
         "# No secrets: every service is reached with Microsoft Entra ID (DefaultAzureCredential).",
     ]
-    lines += [f"{name}='{value}'" for name, value in values.items()]
+    quote = "'" if quoted else ""
+    lines += [f"{name}={quote}{value}{quote}" for name, value in values.items()]
     return "\n".join(lines) + "\n"
 
 
-def write_env(outputs: Mapping[str, Any], path: str | Path, source: str) -> dict[str, str]:
+def write_env(
+    outputs: Mapping[str, Any], path: str | Path, source: str, quoted: bool = True
+) -> dict[str, str]:
     values = env_values(outputs)
-    Path(path).write_text(render(values, source), encoding="utf-8")
+    Path(path).write_text(render(values, source, quoted), encoding="utf-8")
     return values

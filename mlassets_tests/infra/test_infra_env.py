@@ -87,6 +87,17 @@ def test_infra_env_from_a_file_writes_the_env(tmp_path):
     assert dotenv_values(target)["MLASSETS_ADF_FACTORY_NAME"] == "acme-adf"
 
 
+def test_the_env_file_format_is_unquoted_for_kubectl_and_docker(tmp_path):
+    source = tmp_path / "outputs.json"
+    source.write_text(json.dumps(OUTPUTS))
+    target = tmp_path / "mlassets.env"
+    args = ["infra", "env", "--from", str(source), "--output", str(target), "--format", "env-file"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in target.read_text().splitlines() if not line.startswith("#")]
+    assert dict(line.split("=", 1) for line in lines) == env_values(OUTPUTS)
+
+
 def _run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLASSETS_")}
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin"
