@@ -2,7 +2,9 @@
 vectorized decoder that splits a batch of raw events into typed rows and quarantined ones.
 
 Body v1: ``{"sample_id": str, "pixels": [64 ints 0..16], "source": str,
-"captured_at": ISO-8601}``; unknown fields are ignored.
+"captured_at": ISO-8601}``, UTF-8, at most MLASSETS_MAX_EVENT_BYTES; unknown fields are
+ignored; a contract field given twice, text with a lone surrogate escape, or a time outside
+years 1..9999 once in UTC is refused.
 
 Decoding is bulk: bodies are joined into one newline-delimited buffer and parsed by
 pyarrow's JSON reader against the body schema, and the semantic checks run as array
