@@ -508,5 +508,9 @@ from mlassets.cli.infra import infra_group  # noqa: E402 - a command module regi
 
 main.add_command(infra_group)
 
+from mlassets.cli.lineage import lineage  # noqa: E402 - a command module registered on main
+
+main.add_command(lineage)
+
 if __name__ == "__main__":
     main()
