@@ -76,9 +76,8 @@ _CONTAINER = _matching(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", "a blob conta
 _NAME = _matching(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", "letters, digits, '.', '_', '-'")
 _PATH = _matching(r"([A-Za-z0-9._=-]+(/[A-Za-z0-9._=-]+)*)?", "a folder path like 'mlassets'")
 _TEXT = _matching(r"\S.{0,199}", "a non-empty text")
-_GUID = _matching(
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", "a GUID"
-)
+_GUID_RE = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_GUID = _matching(_GUID_RE, "a GUID")
 _IMAGE_TAG = _matching(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", "a container image tag")
 _NODE_IMAGE = _matching(r"[^:\s]+:[^:\s]+:[^:\s]+(:[^:\s]+)?", "publisher:offer:sku[:version]")
 _LOCK = _int(5, 300)  # Service Bus: 5 seconds to 5 minutes
@@ -109,6 +108,9 @@ KEYS: tuple[Key, ...] = (
     Key("sqlSku", "GP_S_Gen5_1", *_NAME),
     Key("sqlAdminLogin", "mlassets-sql-admin", *_TEXT),
     Key("sqlAdminObjectId", None, *_GUID),  # default: whoever runs `pulumi up`
+    # Given Dagster's data-plane roles too; default whoever runs `pulumi up`, "none" for nobody.
+    Key("operatorObjectId", None, *_matching(rf"none|{_GUID_RE}", "a GUID, or none")),
+    Key("operatorPrincipalType", "User", *_choice("User", "Group", "ServicePrincipal")),
     Key("sqlAdminPrincipalType", "User", *_choice("User", "Group", "Application")),
     Key("registrySku", "Standard", *_choice("Basic", "Standard", "Premium")),
     Key("trainingImageName", "mlassets-training", *_NAME),
@@ -160,6 +162,8 @@ class Settings:
     sql_admin_login: str
     sql_admin_object_id: str | None
     sql_admin_principal_type: str
+    operator_object_id: str | None
+    operator_principal_type: str
     registry_sku: str
     training_image_name: str
     code_location_image_name: str

@@ -13,6 +13,7 @@ Identities and what they may do (each at the narrowest scope that works):
 | the pool (user-assigned) | Storage Blob Data Contributor | the lake and Pipes containers |
 | | AcrPull | the registry |
 | the storage events topic (system-assigned) | Azure Service Bus Data Sender | the queue |
+| the operator (whoever runs `pulumi up`, or `operatorObjectId`) | Dagster's nine roles | the same |
 """
 
 from __future__ import annotations
@@ -132,18 +133,25 @@ def run(settings: Settings) -> Stack:
         lake.lake.id,
         "ServicePrincipal",
     )
-    for name, role, scope in (
-        ("dagster-hub-receiver", "Azure Event Hubs Data Receiver", hubs.hub.id),
-        ("dagster-hub-sender", "Azure Event Hubs Data Sender", hubs.hub.id),
-        ("dagster-queue-receiver", "Azure Service Bus Data Receiver", bus.queue.id),
-        ("dagster-queue-sender", "Azure Service Bus Data Sender", bus.queue.id),
-        ("dagster-lake", "Storage Blob Data Contributor", lake.lake.id),
-        ("dagster-pipes", "Storage Blob Data Contributor", lake.pipes.id),
-        ("dagster-compute-logs", "Storage Blob Data Contributor", lake.compute_logs.id),
-        ("dagster-factory", "Data Factory Contributor", factory.factory.id),
-        ("dagster-batch", "Azure Batch Data Contributor", compute.account.id),
-    ):
-        grant(name, dagster_principal, role, scope, dagster_type)
+    dagster_roles = (
+        ("hub-receiver", "Azure Event Hubs Data Receiver", hubs.hub.id),
+        ("hub-sender", "Azure Event Hubs Data Sender", hubs.hub.id),
+        ("queue-receiver", "Azure Service Bus Data Receiver", bus.queue.id),
+        ("queue-sender", "Azure Service Bus Data Sender", bus.queue.id),
+        ("lake", "Storage Blob Data Contributor", lake.lake.id),
+        ("pipes", "Storage Blob Data Contributor", lake.pipes.id),
+        ("compute-logs", "Storage Blob Data Contributor", lake.compute_logs.id),
+        ("factory", "Data Factory Contributor", factory.factory.id),
+        ("batch", "Azure Batch Data Contributor", compute.account.id),
+    )
+    for name, role, scope in dagster_roles:
+        grant(f"dagster-{name}", dagster_principal, role, scope, dagster_type)
+    # Whoever runs `pulumi up` may run mlassets against the stack from their own shell
+    # (`mlassets simulate`, `dagster dev` with the .env) with the same data-plane roles.
+    if settings.operator_object_id != "none":
+        operator = settings.operator_object_id or client.object_id
+        for name, role, scope in dagster_roles:
+            grant(f"operator-{name}", operator, role, scope, settings.operator_principal_type)
 
     postgres = None
     if settings.postgres_enabled:

@@ -325,16 +325,21 @@ def test_each_role_assignment_has_its_principal_role_and_narrowest_scope(default
         "principal-pool-identity",
         "principal-storage-events",
     )
+    data_plane = [
+        ("Azure Event Hubs Data Receiver", ids["hub"]),
+        ("Azure Event Hubs Data Sender", ids["hub"]),
+        ("Azure Service Bus Data Receiver", ids["queue"]),
+        ("Azure Service Bus Data Sender", ids["queue"]),
+        ("Storage Blob Data Contributor", ids["lake"]),
+        ("Storage Blob Data Contributor", ids["pipes"]),
+        ("Storage Blob Data Contributor", ids["logs"]),
+        ("Data Factory Contributor", ids["factory"]),
+        ("Azure Batch Data Contributor", ids["batch"]),
+    ]
     expected = {
-        (dagster, "Azure Event Hubs Data Receiver", ids["hub"]),
-        (dagster, "Azure Event Hubs Data Sender", ids["hub"]),
-        (dagster, "Azure Service Bus Data Receiver", ids["queue"]),
-        (dagster, "Azure Service Bus Data Sender", ids["queue"]),
-        (dagster, "Storage Blob Data Contributor", ids["lake"]),
-        (dagster, "Storage Blob Data Contributor", ids["pipes"]),
-        (dagster, "Storage Blob Data Contributor", ids["logs"]),
-        (dagster, "Data Factory Contributor", ids["factory"]),
-        (dagster, "Azure Batch Data Contributor", ids["batch"]),
+        # Dagster, and whoever ran `pulumi up` (to run mlassets from their own shell).
+        *((dagster, role, scope) for role, scope in data_plane),
+        *((DEPLOYER, role, scope) for role, scope in data_plane),
         (factory, "Storage Blob Data Contributor", ids["lake"]),
         (pool, "Storage Blob Data Contributor", ids["lake"]),
         (pool, "Storage Blob Data Contributor", ids["pipes"]),
@@ -349,12 +354,30 @@ def test_each_role_assignment_has_its_principal_role_and_narrowest_scope(default
     }
     assert actual == expected
     assert len(assignments) == len(expected)
-    assert {a.inputs["principalType"] for a in assignments} == {"ServicePrincipal"}
+    kinds = {a.inputs["principalId"]: a.inputs["principalType"] for a in assignments}
+    assert kinds.pop(DEPLOYER) == "User"
+    assert set(kinds.values()) == {"ServicePrincipal"}
     # Nothing at the account, resource group or subscription level.
     assert not any(
         a.inputs["scope"] in (d.one("storage:StorageAccount").id, "/subscriptions/" + SUBSCRIPTION)
         for a in assignments
     )
+
+
+def test_the_operator_grants_can_be_moved_to_a_group_or_left_out(deploy):
+    group = "55555555-5555-5555-5555-555555555555"
+    stack = deploy({"operatorObjectId": group, "operatorPrincipalType": "Group"})
+    operator = [
+        r.inputs
+        for r in stack.of_type("authorization:RoleAssignment")
+        if r.name.startswith("operator-")
+    ]
+    assert len(operator) == 9
+    assert {(a["principalId"], a["principalType"]) for a in operator} == {(group, "Group")}
+    nobody = deploy({"operatorObjectId": "none"})
+    assert not [
+        r for r in nobody.of_type("authorization:RoleAssignment") if r.name.startswith("operator-")
+    ]
 
 
 def test_the_pool_is_created_after_its_identity_may_pull_and_read(default_stack):
