@@ -68,19 +68,30 @@ def test_config_errors_end_the_program_without_a_stack_trace():
     assert issubclass(config.ConfigError, pulumi.RunError)
 
 
-def test_the_program_reads_the_stacks_config(monkeypatch):
-    captured = {}
-    monkeypatch.setattr(config.pulumi, "get_stack", lambda: "prod")
-    values = {"mlassets:eventHubPartitions": "8", "mlassets:namePrefix": "acme-ml"}
-    monkeypatch.setattr(
-        config.pulumi.Config, "get", lambda self, key, *a, **k: values.get(f"{self.name}:{key}")
-    )
-    captured["settings"] = config.from_pulumi()
-    assert captured["settings"].event_hub_partitions == 8
-    assert captured["settings"].name_prefix == "acme-ml"
-    assert captured["settings"].stack == "prod"
-
-
-def test_a_bad_value_stops_the_program_before_any_resource(monkeypatch):
+def test_a_bad_value_stops_the_program_before_any_resource():
     with pytest.raises(config.ConfigError, match="eventHubPartitions is '40'"):
         run_program({"eventHubPartitions": "40"})
+
+
+def test_main_runs_the_program_with_the_stacks_config():
+    """`infra/__main__.py` as `pulumi up` runs it: config from the stack, resources out."""
+    import runpy
+
+    from mlassets.settings import PROJECT_ROOT
+    from mlassets_tests.infra.conftest import AzureMocks, Deployment
+
+    deployment = Deployment()
+    pulumi.runtime.set_mocks(AzureMocks(deployment), project="mlassets", stack="prod")
+    pulumi.runtime.set_all_config({"mlassets:eventHubPartitions": "16"})
+    try:
+
+        @pulumi.runtime.test
+        def main():
+            runpy.run_path(str(PROJECT_ROOT / "infra" / "__main__.py"))
+
+        main()
+    finally:
+        pulumi.runtime.set_all_config({})
+    hub = deployment.one("eventhub:EventHub").inputs
+    assert hub["partitionCount"] == 16
+    assert deployment.one("eventhub:Namespace").inputs["namespaceName"] == "mlassets-prod-eh"
