@@ -104,10 +104,17 @@ def landed_events_quarantine_ratio(
     context: dg.AssetCheckExecutionContext, quality: QualityPolicy
 ) -> dg.AssetCheckResult:
     latest = LandingMetadata.latest(context.instance) or LandingMetadata()
-    quarantined = latest.quarantined_rows
-    total = latest.landed_rows + quarantined
+    return quarantine_check_result(
+        latest.quarantined_rows, latest.landed_rows, quality.max_quarantine_ratio, "events"
+    )
+
+
+def quarantine_check_result(
+    quarantined: int, landed: int, limit: float, unit: str
+) -> dg.AssetCheckResult:
+    """The quarantine-ratio verdict, recorded the same way for hub landings and drops."""
+    total = landed + quarantined
     ratio = quarantined / total if total else 0.0
-    limit = quality.max_quarantine_ratio
     return dg.AssetCheckResult(
         passed=ratio <= limit,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -115,9 +122,9 @@ def landed_events_quarantine_ratio(
             "quarantine_ratio": dg.MetadataValue.float(round(ratio, 6)),
             "threshold": dg.MetadataValue.float(limit),
             "quarantined_rows": dg.MetadataValue.int(quarantined),
-            "events": dg.MetadataValue.int(total),
+            unit: dg.MetadataValue.int(total),
         },
-        description=f"{quarantined} of {total} events quarantined ({ratio:.2%}; limit {limit:.0%})",
+        description=f"{quarantined} of {total} {unit} quarantined ({ratio:.2%}; limit {limit:.0%})",
     )
 
 
