@@ -114,9 +114,10 @@ def compete(queue, rng: random.Random) -> int:
 def tick(resources, instance: dg.DagsterInstance):
     """One evaluation as the daemon runs it, within the code location (whose jobs the run
     requests must target); the partitions the tick asks for are added, as the daemon does."""
-    context = dg.build_sensor_context(instance=instance, resources=resources, definitions=defs)
-    with dg.partition_loading_context(dynamic_partitions_store=instance):
-        data = servicebus_sensor.evaluate_tick(context)
+    context = dg.build_sensor_context(
+        instance=instance, instance_ref=instance.get_ref(), resources=resources, definitions=defs
+    )
+    data = servicebus_sensor.evaluate_tick(context)
     for request in data.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return data
