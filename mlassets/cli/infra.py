@@ -20,23 +20,25 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def _stack_outputs(stack: str) -> str:
-    """`pulumi stack output --json` of STACK (secrets stay masked: none are needed)."""
+def _stack_outputs(stack: str | None) -> str:
+    """`pulumi stack output --json` of STACK, or of the selected stack (secrets stay masked:
+    none are needed)."""
     pulumi = shutil.which("pulumi")
     if pulumi is None:
         _fail(
             "the Pulumi CLI is not installed (https://www.pulumi.com/docs/install/); or pass "
             "--from with the JSON of `pulumi stack output --json`"
         )
+    which = ["--stack", stack] if stack else []
     done = subprocess.run(
-        [pulumi, "stack", "output", "--json", "--stack", stack, "--cwd", str(INFRA_DIR)],
+        [pulumi, "stack", "output", "--json", *which, "--cwd", str(INFRA_DIR)],
         capture_output=True,
         text=True,
         check=False,
     )
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        _fail(f"`pulumi stack output --stack {stack}` failed: {reason}")
+        _fail(f"`pulumi stack output{' --stack ' + stack if stack else ''}` failed: {reason}")
     return done.stdout
 
 
@@ -46,7 +48,10 @@ def infra_group() -> None:
 
 
 @infra_group.command("env")
-@click.option("--stack", help="Pulumi stack to read (runs `pulumi stack output --json`)")
+@click.option(
+    "--stack",
+    help="Pulumi stack to read with `pulumi stack output --json` (default: the selected one)",
+)
 @click.option(
     "--from",
     "from_file",
@@ -71,8 +76,8 @@ def infra_group() -> None:
 )
 def infra_env(stack: str | None, from_file: Path | None, output: Path, file_format: str) -> None:
     """Write the MLASSETS_* settings of a stack as a .env for MLASSETS_DEPLOYMENT=azure."""
-    if (stack is None) == (from_file is None):
-        _fail("give exactly one of --stack NAME or --from FILE")
+    if stack is not None and from_file is not None:
+        _fail("give --stack NAME or --from FILE, not both")
     if from_file is not None:
         try:
             text = from_file.read_text(encoding="utf-8")
@@ -80,7 +85,7 @@ def infra_env(stack: str | None, from_file: Path | None, output: Path, file_form
             _fail(f"cannot read {from_file}: {exc.strerror or exc}")
         source = str(from_file)
     else:
-        text, source = _stack_outputs(stack), f"stack {stack}"
+        text, source = _stack_outputs(stack), f"stack {stack or '(selected)'}"
     try:
         values = write_env(
             load_outputs(text, source), output, source, quoted=file_format == "dotenv"

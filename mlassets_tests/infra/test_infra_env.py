@@ -13,6 +13,7 @@ from dotenv import dotenv_values
 
 from mlassets.cli import main
 from mlassets.lib.infra_env import STACK_OUTPUTS, InfraEnvError, env_values, render
+from mlassets.settings import PROJECT_ROOT
 
 OUTPUTS = {
     "MLASSETS_LAKE_URL": "abfs://lake@acmelake.dfs.core.windows.net/",
@@ -98,9 +99,11 @@ def test_the_env_file_format_is_unquoted_for_kubectl_and_docker(tmp_path):
     assert dict(line.split("=", 1) for line in lines) == env_values(OUTPUTS)
 
 
-def _run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
+def _run_cli(*args: str, cwd, path_first: str = "") -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLASSETS_")}
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin"
+    env["PATH"] = os.pathsep.join(
+        p for p in (path_first, os.path.dirname(sys.executable), "/usr/bin:/bin") if p
+    )
     return subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "mlassets"), *args],
         capture_output=True,
@@ -116,7 +119,8 @@ def _run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
     [
         (["--from", "outputs.json"], "error: stack output(s) MLASSETS_BATCH_ACCOUNT_URL missing"),
         (["--from", "nope.json"], "error: cannot read nope.json"),
-        ([], "error: give exactly one of --stack NAME or --from FILE"),
+        (["--stack", "dev", "--from", "outputs.json"], "error: give --stack NAME or --from FILE"),
+        ([], "error: the Pulumi CLI is not installed"),
         (["--stack", "dev"], "error: the Pulumi CLI is not installed"),
     ],
 )
@@ -128,6 +132,22 @@ def test_infra_env_refuses_in_one_line_without_a_traceback(tmp_path, args, messa
     assert done.stderr.startswith(message), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / ".env").exists()
+
+
+def test_infra_env_reads_the_stack_through_the_pulumi_cli(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (tmp_path / "outputs.json").write_text(json.dumps(OUTPUTS))
+    fake = bin_dir / "pulumi"  # stands in for the CLI: records its arguments, prints outputs
+    fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args\ncat {tmp_path}/outputs.json\n')
+    fake.chmod(0o755)
+    done = _run_cli("infra", "env", "--stack", "prod", cwd=tmp_path, path_first=str(bin_dir))
+    assert done.returncode == 0, done.stderr
+    assert "from stack prod" in done.stdout
+    args = (tmp_path / "args").read_text().split()
+    assert args[:5] == ["stack", "output", "--json", "--stack", "prod"]
+    assert args[5:] == ["--cwd", str(PROJECT_ROOT / "infra")]
+    assert dotenv_values(tmp_path / ".env")["MLASSETS_EVENTHUB_NAME"] == "digits"
 
 
 def _validate(cwd) -> subprocess.CompletedProcess:
