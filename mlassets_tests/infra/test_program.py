@@ -442,3 +442,21 @@ def test_no_key_is_listed_and_no_sas_rule_is_created(default_stack):
     kinds = {r.type.split(":", 1)[1] for r in default_stack.resources}
     assert not {k for k in kinds if "AuthorizationRule" in k or "Key" in k}
     assert default_stack.one("eventhub:Namespace").inputs["disableLocalAuth"] is True
+
+
+def test_outputs_are_read_by_the_roles_as_the_program_meant_them(default_stack):
+    """The lake URL and SQL URL parse, in the roles that read them, to the very addresses the
+    factory's linked services got: `mlassets adf deploy` would publish the same artifacts."""
+    from mlassets.roles.datafactory import lake_service_url, sql_server_and_database
+    from mlassets.roles.storage import LakeLocation
+
+    out = default_stack.outputs
+    lake = LakeLocation.parse(out["MLASSETS_LAKE_URL"])
+    assert (lake.protocol, lake.account_name, lake.root) == ("abfs", "mlassetstestlake", "lake")
+    linked = {
+        r.inputs["linkedServiceName"]: r.inputs["properties"]["typeProperties"]
+        for r in default_stack.of_type("datafactory:LinkedService")
+    }
+    assert lake_service_url(out["MLASSETS_LAKE_URL"]) == linked["ls_lake"]["url"]
+    server, database = sql_server_and_database(out["MLASSETS_LABELS_DB_URL"])
+    assert (server, database) == (linked["ls_labels_sql"]["server"], "labels")
