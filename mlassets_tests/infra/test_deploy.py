@@ -75,8 +75,10 @@ def test_compute_logs_go_to_blob_with_default_azure_credential(instance_config):
     )
     assert logs["storage_account"] == INSTANCE_ENV["MLASSETS_COMPUTE_LOGS_ACCOUNT"]
     assert logs["container"] == INSTANCE_ENV["MLASSETS_COMPUTE_LOGS_CONTAINER"]
-    assert logs["default_azure_credential"] == {}
+    assert logs["default_azure_credential"] == {"exclude_shared_token_cache_credential": True}
     assert not logs.get("access_key_or_sas_token") and not logs.get("secret_credential")
+    manager = AzureBlobComputeLogManager(**logs)  # builds its clients; nothing is sent yet
+    assert manager._container_client.container_name == "dagster-compute-logs"
 
 
 def test_a_misspelled_key_fails_the_same_schema():
@@ -150,7 +152,10 @@ def test_helm_values_mirror_the_instance_config_and_the_stack():
     logs = values["computeLogManager"]["config"]["azureBlobComputeLogManager"]
     defaults = config.parse({}, "prod")
     assert logs["container"] == defaults.compute_logs_container
-    assert logs["prefix"] == production["compute_logs"]["config"]["prefix"]
+    instance_logs = production["compute_logs"]["config"]
+    assert logs["prefix"] == instance_logs["prefix"]
+    assert logs["defaultAzureCredential"] == instance_logs["default_azure_credential"]
+    assert logs["uploadInterval"] == instance_logs["upload_interval"]
     assert values["serviceAccount"]["name"] == defaults.kubernetes_service_account
 
 
