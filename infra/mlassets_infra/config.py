@@ -243,6 +243,12 @@ def parse(values: Mapping[str, str | None], stack: str) -> Settings:
 
 
 def from_pulumi() -> Settings:
-    """The current stack's settings."""
+    """The current stack's settings; a misspelled `mlassets:` key is an error, not ignored."""
+    from pulumi.runtime import config as runtime_config
+
     config = pulumi.Config(NAMESPACE)
-    return parse({k.name: config.get(k.name) for k in KEYS}, pulumi.get_stack())
+    given = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    names = {k.name for k in KEYS} | {
+        key.split(":", 1)[1] for key in given if key.startswith(f"{NAMESPACE}:")
+    }
+    return parse({name: config.get(name) for name in names}, pulumi.get_stack())

@@ -95,3 +95,12 @@ def test_main_runs_the_program_with_the_stacks_config():
     hub = deployment.one("eventhub:EventHub").inputs
     assert hub["partitionCount"] == 16
     assert deployment.one("eventhub:Namespace").inputs["namespaceName"] == "mlassets-prod-eh"
+
+
+def test_a_misspelled_key_in_the_stack_config_is_refused():
+    pulumi.runtime.set_all_config({"mlassets:eventHubPartitons": "16"})
+    try:
+        with pytest.raises(config.ConfigError, match=r"unknown config key.*eventHubPartitons"):
+            config.from_pulumi()
+    finally:
+        pulumi.runtime.set_all_config({})
