@@ -19,15 +19,16 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TF_CPP_MIN_LOG_LEVEL=3
 
-# Python 3.11 (deadsnakes), NCCL headers for Horovod's GPU operations, and the OpenSSH server
-# the coordination task starts in each node's container (horovodrun reaches the workers over it).
+# Python 3.11 (deadsnakes) and the OpenSSH server the coordination task starts in each node's
+# container (horovodrun reaches the workers over it). NCCL and its headers come with the CUDA
+# devel image, held at the build for its CUDA version.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends software-properties-common gnupg ca-certificates curl \
  && add-apt-repository -y ppa:deadsnakes/ppa \
  && apt-get update \
  && apt-get install -y --no-install-recommends \
       python3.11 python3.11-dev python3.11-venv \
-      build-essential g++ git libnccl2 libnccl-dev openssh-server openssh-client \
+      build-essential g++ git openssh-server openssh-client \
  && mkdir -p /run/sshd \
  && rm -rf /var/lib/apt/lists/*
 
@@ -42,8 +43,10 @@ RUN pip install -U pip "setuptools<70" wheel "cmake<4" \
       "tensorflow[and-cuda]==${TENSORFLOW_VERSION}" "tf-keras==${TF_KERAS_VERSION}"
 
 # Horovod against exactly this TensorFlow: NCCL for GPU allreduce, Gloo (no MPI) as the launcher
-# the Batch task uses (horovodrun --gloo over SSH).
+# the Batch task uses (horovodrun --gloo over SSH). CUDA 12 has no compute capability below 5.0,
+# so the kernels are built for the GPUs Batch offers: T4 (7.5), A10 (8.6), A100 (8.0), H100 (9.0).
 RUN HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_NCCL_HOME=/usr HOROVOD_NCCL_LINK=SHARED \
+    HOROVOD_BUILD_CUDA_CC_LIST=70,75,80,86,89,90 \
     HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
     HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
     pip install -c constraints.txt --no-build-isolation --no-deps "horovod==${HOROVOD_VERSION}" \
