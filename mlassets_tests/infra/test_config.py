@@ -104,3 +104,14 @@ def test_a_misspelled_key_in_the_stack_config_is_refused():
             config.from_pulumi()
     finally:
         pulumi.runtime.set_all_config({})
+
+
+def test_the_example_stack_file_holds_only_known_keys_at_their_defaults():
+    import yaml
+
+    from mlassets.settings import PROJECT_ROOT
+
+    stack = yaml.safe_load((PROJECT_ROOT / "infra" / "Pulumi.dev.yaml").read_text())["config"]
+    values = {key.split(":", 1)[1]: str(value) for key, value in stack.items()}
+    example, defaults = config.parse(values, "dev"), config.parse({}, "dev")
+    assert example == defaults  # the file documents the defaults (namePrefix: mlassets-dev)
