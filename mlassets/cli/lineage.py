@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from mlassets import settings
+
+if TYPE_CHECKING:
+    from mlassets.lib.lineage import Lineage
 
 
 @click.command("lineage")
@@ -24,6 +28,21 @@ from mlassets import settings
 def lineage(sample_id: str, from_prediction: bool, as_json: bool) -> None:
     """Events, label history (CDC), dataset versions and split, models and predictions of
     SAMPLE_ID, in the order the data flowed."""
+    result = _walk(sample_id, from_prediction)
+    if not result.found:
+        where = (
+            "has no prediction in the SQL table `predictions`"
+            if from_prediction
+            else "is in no landed event, label change or prediction"
+        )
+        click.echo(f"not found: sample {sample_id!r} {where}", err=True)
+        sys.exit(1)
+    click.echo(result.to_json() if as_json else result.render())
+
+
+def _walk(sample_id: str, from_prediction: bool) -> Lineage:
+    """The lookup, with its resources and instance closed when it returns (so none is
+    still open when the command exits)."""
     import dagster as dg
 
     from mlassets.cli import _resource
@@ -32,17 +51,10 @@ def lineage(sample_id: str, from_prediction: bool, as_json: bool) -> None:
     os.environ.setdefault("DAGSTER_HOME", str(settings.PROJECT_ROOT / "dagster_home"))
     lake = _resource("lake")
     with dg.DagsterInstance.get() as instance:
-        if from_prediction:
-            engine = _resource("labels_db").engine
-            result = walk.from_prediction(lake, instance, engine, sample_id)
-        else:
-            result = walk.lineage(lake, instance, sample_id)
-    if not result.found:
-        where = (
-            f"has no prediction in the SQL table `{walk.PREDICTIONS_TABLE}`"
-            if from_prediction
-            else "is in no landed event, label change or prediction"
-        )
-        click.echo(f"not found: sample {sample_id!r} {where}", err=True)
-        sys.exit(1)
-    click.echo(result.to_json() if as_json else result.render())
+        if not from_prediction:
+            return walk.lineage(lake, instance, sample_id)
+        db = _resource("labels_db")
+        try:
+            return walk.from_prediction(lake, instance, db.engine, sample_id)
+        finally:
+            db.dispose()
