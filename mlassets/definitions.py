@@ -14,12 +14,26 @@ from mlassets.defs.resources import build_resources
 GROUPS = (ingestion, labels, training, inference, commands)
 
 
+#: Evaluates the assets' automation conditions (approved_model follows a model that passed its
+#: checks, inference_outputs follows an approval). Dagster would add a sensor of this name by
+#: itself; declaring it says that it runs from the start, with the daemon.
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "default_automation_condition_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Requests the assets whose automation condition is true: approval after a "
+    "passing model, scoring after an approval.",
+)
+
+
 def build_definitions() -> dg.Definitions:
     """The code location with resources for the deployment the environment selects now."""
     return dg.Definitions.merge(
         *(group.defs for group in GROUPS),
         dg.Definitions(
             jobs=[end_to_end],
+            sensors=[automation_sensor],
             resources=build_resources(),
             # Steps here are I/O-light or launch their own processes (Horovod through Pipes),
             # so a subprocess per step would only add seconds to every run.

@@ -458,11 +458,13 @@ def adf_run(pipeline: str, params: tuple[str, ...], timeout: float | None, as_js
 @adf_group.command("import-incoming")
 @click.argument("drop_path")
 def adf_import_incoming(drop_path: str) -> None:
-    """Run the import_incoming job for DROP_PATH (lake-relative, under incoming/)."""
+    """Run the import_incoming job for DROP_PATH (lake-relative, under incoming/): its
+    partition of incoming_events, then the checks on what landed."""
     import dagster as dg
 
     os.environ.setdefault("DAGSTER_HOME", str(settings.PROJECT_ROOT / "dagster_home"))
     from mlassets.definitions import defs
+    from mlassets.defs.ingestion.incoming import INCOMING_DROPS, import_incoming_run_config
     from mlassets.lib.incoming import Drop, DropError
 
     try:
@@ -473,11 +475,17 @@ def adf_import_incoming(drop_path: str) -> None:
     if not lake.exists(drop.path):
         _fail(f"drop {lake.uri(drop.path)} does not exist")
     with dg.DagsterInstance.get() as instance:
+        if not instance.has_dynamic_partition(INCOMING_DROPS.name, drop.name):
+            instance.add_dynamic_partitions(INCOMING_DROPS.name, [drop.name])
         result = defs.resolve_job_def("import_incoming").execute_in_process(
-            run_config={"ops": {"import_incoming_drop": {"config": {"drop_path": drop.path}}}},
+            run_config=import_incoming_run_config(drop.path),
+            partition_key=drop.name,
             instance=instance,
             raise_on_error=False,
         )
+    failed_checks = [c for c in result.get_asset_check_evaluations() if not c.passed]
+    for check in failed_checks:
+        click.secho(f"check {check.check_name} failed: {check.description}", fg="red", err=True)
     if not result.success:
         failure = next(
             (

@@ -4,7 +4,6 @@ prediction itself. TensorFlow is imported only inside `score`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -17,16 +16,9 @@ from mlassets.lib.datasets import latest_per_sample
 from mlassets.lib.events import LANDED_SCHEMA, PIXELS
 from mlassets.lib.landing import LANDED_PREFIX
 from mlassets.lib.layout import PREDICTIONS_PREFIX
-from mlassets.lib.metadata import (
-    DIGIT_CLASSIFIER,
-    LABELS,
-    LANDED_EVENTS,
-    AccuracyCheckMetadata,
-    ModelMetadata,
-)
+from mlassets.lib.metadata import APPROVED_MODEL, LABELS, LANDED_EVENTS, ApprovalMetadata
+from mlassets.lib.promotion import ApprovedModel
 from mlassets.roles.storage import LakeStorage
-
-ACCURACY_CHECK = dg.AssetCheckKey(DIGIT_CLASSIFIER, "test_accuracy")
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -43,45 +35,33 @@ PREDICTION_SCHEMA = pa.schema(
 #: Where each prediction column comes from: the sample's pixels, through the model.
 PREDICTION_LINEAGE = {
     "sample_id": [(LANDED_EVENTS, "sample_id"), (LABELS, "sample_id")],  # unlabelled ones
-    "predicted_class": [(LANDED_EVENTS, "pixels"), (DIGIT_CLASSIFIER, "model_version")],
-    "probability": [(LANDED_EVENTS, "pixels"), (DIGIT_CLASSIFIER, "model_version")],
-    "model_version": [(DIGIT_CLASSIFIER, "model_version")],
+    "predicted_class": [(LANDED_EVENTS, "pixels"), (APPROVED_MODEL, "model_version")],
+    "probability": [(LANDED_EVENTS, "pixels"), (APPROVED_MODEL, "model_version")],
+    "model_version": [(APPROVED_MODEL, "model_version")],
 }
 
 
-@dataclass(frozen=True)
-class ApprovedModel:
-    version: str
-    path: str
-    test_accuracy: float
-
-
 def approved_models(instance: dg.DagsterInstance, limit: int = 100) -> list[ApprovedModel]:
-    """Models whose blocking accuracy check passed, newest first.
+    """Every model approved for scoring (approved_model's materializations), newest first.
 
-    The check records the model version it judged, which ties each passing evaluation to one
-    materialization; a model whose check failed (or never ran) is never returned.
+    The model that scores now is the pointer's (`promotion.read_pointer`); this is the
+    history, for lineage: which models have ever been allowed to score.
     """
-    history = instance.event_log_storage.get_asset_check_execution_history(
-        ACCURACY_CHECK, limit=limit
-    )
-    versions: set[str] = set()
-    for record in history:
-        evaluation = record.event.dagster_event.event_specific_data if record.event else None
-        if isinstance(evaluation, dg.AssetCheckEvaluation) and evaluation.passed:
-            versions.add(AccuracyCheckMetadata.from_metadata(evaluation.metadata).model_version)
-    models = []
-    for recorded in ModelMetadata.records(instance, limit=limit):
-        model = recorded.metadata
-        if model.model_version in versions:
-            models.append(ApprovedModel(model.model_version, model.model_path, model.test_accuracy))
-            versions.discard(model.model_version)
-    return sorted(models, key=lambda m: m.version, reverse=True)
-
-
-def current_model(instance: dg.DagsterInstance) -> ApprovedModel | None:
-    models = approved_models(instance)
-    return models[0] if models else None
+    models: dict[str, ApprovedModel] = {}
+    for recorded in ApprovalMetadata.records(instance, limit=limit):
+        approval = recorded.metadata
+        models.setdefault(
+            approval.model_version,
+            ApprovedModel(
+                version=approval.model_version,
+                path=approval.model_path,
+                test_accuracy=approval.test_accuracy,
+                threshold=approval.threshold,
+                dataset_version=approval.dataset_version,
+                run_id=recorded.run_id,
+            ),
+        )
+    return sorted(models.values(), key=lambda m: m.version, reverse=True)
 
 
 def predictions_dir(version: str) -> str:

@@ -27,6 +27,7 @@ CDC_DELTAS = dg.AssetKey("cdc_deltas")
 LABELS = dg.AssetKey("labels")
 TRAINING_DATASET = dg.AssetKey("training_dataset")
 DIGIT_CLASSIFIER = dg.AssetKey("digit_classifier")
+APPROVED_MODEL = dg.AssetKey("approved_model")
 INFERENCE_OUTPUTS = dg.AssetKey("inference_outputs")
 
 #: Entries of a Data Factory run (`roles.datafactory.run_metadata`) that readers look up;
@@ -385,6 +386,24 @@ class ModelMetadata(AssetMetadata):
 
 
 @dataclass(frozen=True)
+class ApprovalMetadata(AssetMetadata):
+    """`approved_model`: which digit_classifier scores from now on, and why it may."""
+
+    asset_key: ClassVar[dg.AssetKey] = APPROVED_MODEL
+
+    model_version: str = field(default="", metadata=recorded_as("text"))
+    test_accuracy: float = field(default=0.0, metadata=recorded_as("float"))
+    #: The bar it cleared (the `quality` resource's min_test_accuracy when it was approved).
+    threshold: float = field(default=0.0, metadata=recorded_as("float"))
+    dataset_version: str = field(default="", metadata=recorded_as("text"))
+    model_path: str = field(default="", metadata=recorded_as("path"))
+    #: The model approved before this one ("-" for the first).
+    replaces: str = field(default="-", metadata=recorded_as("text"))
+    #: The pointer file the scorer reads.
+    pointer: str | None = field(default=None, metadata=recorded_as("path"))
+
+
+@dataclass(frozen=True)
 class ScoringMetadata(TableMetadata):
     """`inference_outputs`: one scoring pass; `row_count` is every prediction in the lake."""
 
@@ -424,6 +443,7 @@ CONTRACTS: tuple[type[AssetMetadata], ...] = (
     LabelsMetadata,
     DatasetMetadata,
     ModelMetadata,
+    ApprovalMetadata,
     ScoringMetadata,
 )
 

@@ -176,6 +176,26 @@ class LakeStorage(dg.ConfigurableResource):
                 pq.write_table(table, f, **kwargs)
         return self.size(relative)
 
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        """Write one small file atomically, as `write_parquet` does: readers see the old
+        content or the new, never a torn file (a pointer that says which model scores)."""
+        target = self.path(relative)
+        if not self.is_local:
+            self.fs.pipe_file(target, data)  # a blob upload commits whole or not at all
+            return
+        os.makedirs(posixpath.dirname(target), exist_ok=True)
+        tmp = f"{target}.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def read_bytes(self, relative: str) -> bytes:
+        return self.fs.cat_file(self.path(relative))
+
     def read_parquet(
         self,
         relative: str | list[str],

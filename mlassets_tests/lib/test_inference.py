@@ -8,51 +8,37 @@ import pytest
 from mlassets.lib import cdc
 from mlassets.lib.events import LANDED_SCHEMA
 from mlassets.lib.inference import (
-    ACCURACY_CHECK,
     PREDICTION_SCHEMA,
     approved_models,
-    current_model,
     predictions_dir,
     unscored_samples,
 )
-from mlassets.lib.metadata import AccuracyCheckMetadata, ModelMetadata
+from mlassets.lib.metadata import ApprovalMetadata
 from mlassets.roles.storage import LakeStorage
 
 
-def model_trained(instance, version, accuracy, passed: bool | None):
-    model = ModelMetadata(
+def approved(instance, version, accuracy):
+    approval = ApprovalMetadata(
         model_version=version, model_path=f"/models/{version}/model.keras", test_accuracy=accuracy
     )
     instance.report_runless_asset_event(
-        dg.AssetMaterialization(asset_key=model.asset_key, metadata=model.to_metadata())
+        dg.AssetMaterialization(asset_key=approval.asset_key, metadata=approval.to_metadata())
     )
-    if passed is not None:
-        judged = AccuracyCheckMetadata(test_accuracy=accuracy, threshold=0.9, model_version=version)
-        instance.report_runless_asset_event(
-            dg.AssetCheckEvaluation(
-                asset_key=ACCURACY_CHECK.asset_key,
-                check_name=ACCURACY_CHECK.name,
-                passed=passed,
-                metadata=judged.to_metadata(),
-            )
-        )
 
 
-def test_the_newest_model_that_passed_its_check_is_the_one_that_scores(instance):
-    model_trained(instance, "20261101T000000-aaaa", 0.95, passed=True)
-    model_trained(instance, "20261102T000000-bbbb", 0.97, passed=True)
-    model_trained(instance, "20261103T000000-cccc", 0.50, passed=False)  # newest, but failed
-    model_trained(instance, "20261104T000000-dddd", 0.99, passed=None)  # never checked
-    assert [m.version for m in approved_models(instance)] == [
-        "20261102T000000-bbbb",
-        "20261101T000000-aaaa",
+def test_the_approved_models_are_what_approved_model_recorded_newest_first_each_once(instance):
+    approved(instance, "20261101T000000-aaaa", 0.95)
+    approved(instance, "20261102T000000-bbbb", 0.97)
+    approved(instance, "20261102T000000-bbbb", 0.97)  # approved again: listed once
+    assert [(m.version, m.test_accuracy) for m in approved_models(instance)] == [
+        ("20261102T000000-bbbb", 0.97),
+        ("20261101T000000-aaaa", 0.95),
     ]
-    assert current_model(instance).path == "/models/20261102T000000-bbbb/model.keras"
+    assert approved_models(instance)[0].path == "/models/20261102T000000-bbbb/model.keras"
 
 
-def test_without_an_approved_model_nothing_can_score(instance):
-    model_trained(instance, "20261103T000000-cccc", 0.50, passed=False)
-    assert current_model(instance) is None
+def test_without_an_approval_no_model_was_ever_allowed_to_score(instance):
+    assert approved_models(instance) == []
 
 
 @pytest.fixture

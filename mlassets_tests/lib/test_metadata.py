@@ -14,6 +14,7 @@ from mlassets.lib.metadata import (
     LABELS,
     LANDED_EVENTS,
     AccuracyCheckMetadata,
+    ApprovalMetadata,
     AssetMetadata,
     CaptureMetadata,
     DatasetMetadata,
@@ -88,6 +89,15 @@ EXAMPLES: dict[type, AssetMetadata] = {
         history="| epoch |",
         retrain_reason="drift",
         compute_details={"azure_batch_job_id": dg.MetadataValue.text("job-1")},
+    ),
+    ApprovalMetadata: ApprovalMetadata(
+        model_version="20261101T000000-abc123",
+        test_accuracy=0.97,
+        threshold=0.9,
+        dataset_version="abc123",
+        model_path="/lake/models/m/model.keras",
+        replaces="20261031T000000-abc000",
+        pointer="/lake/models/digit_classifier/approved.json",
     ),
     ScoringMetadata: ScoringMetadata(
         rows_scored=12, model_version="m1", mean_confidence=0.9, export_run=RUN, row_count=40

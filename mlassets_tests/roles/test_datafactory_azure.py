@@ -29,8 +29,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import mlassets.roles.datafactory as datafactory
-from mlassets.defs.ingestion.assets import landed_events
-from mlassets.defs.ingestion.incoming import import_incoming
+from mlassets.defs.ingestion.incoming import (
+    INCOMING_CHECKS,
+    INCOMING_DROPS,
+    import_incoming,
+    import_incoming_run_config,
+    incoming_events,
+)
+from mlassets.defs.quality import QualityPolicy
 from mlassets.lib.adf import (
     ArtifactError,
     Artifacts,
@@ -605,21 +611,20 @@ def test_the_import_job_lands_a_drop_that_adf_copied(arm, sleeps, tmp_path, inst
     script.on_create = adf_copies
     fake.scripts.append(script)
     adf = factory(base)
-    result = import_incoming.execute_in_process(
-        run_config={
-            "ops": {
-                "import_incoming_drop": {
-                    "config": {"drop_path": "incoming/2026-01-05/scanner-9.jsonl"}
-                }
-            }
-        },
-        resources={"data_factory": adf, "lake": lake},
-        instance=instance,
+    drop = Drop.parse("incoming/2026-01-05/scanner-9.jsonl")
+    instance.add_dynamic_partitions(INCOMING_DROPS.name, [drop.name])
+    job = dg.Definitions(
+        assets=[incoming_events],
+        asset_checks=INCOMING_CHECKS,
+        jobs=[import_incoming],
+        resources={"data_factory": adf, "lake": lake, "quality": QualityPolicy.from_settings()},
+    ).resolve_job_def(import_incoming.name)
+    result = job.execute_in_process(
+        run_config=import_incoming_run_config(drop.path), partition_key=drop.name, instance=instance
     )
     assert result.success
     (create,) = fake.calls("POST", "/createRun")
     assert create[3]["lakeFileSystem"] == "lake" and create[3]["lakeRoot"] == "prod/"
-    drop = Drop.parse("incoming/2026-01-05/scanner-9.jsonl")
     landed = lake.read_parquet(drop.landed_path)
     assert landed.schema.equals(LANDED_SCHEMA) and landed.num_rows == 19  # pixel 17 is refused
     (mat,) = [
@@ -627,7 +632,7 @@ def test_the_import_job_lands_a_drop_that_adf_copied(arm, sleeps, tmp_path, inst
         for e in result.all_events
         if e.is_step_materialization
     ]
-    assert mat.asset_key == landed_events.key
+    assert mat.asset_key == incoming_events.key
     meta = {k: v.value for k, v in mat.metadata.items()}
     assert meta["adf_engine"] == "azure"
     assert meta["adf_run_url"].startswith("https://adf.azure.com/en/monitoring/pipelineruns/")

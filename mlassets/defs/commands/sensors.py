@@ -35,6 +35,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from mlassets.defs.ingestion.incoming import INCOMING_DROPS, import_incoming_run_config
 from mlassets.lib.lazy import lazy
 from mlassets.lib.messages import (
     BlobDrop,
@@ -70,18 +71,11 @@ UNSUPPORTED_DROP = "UnsupportedDrop"
 UNPROCESSABLE = "UnprocessableMessage"
 
 
-def import_incoming_run_config(drop_path: str) -> dict:
-    """Run config of the `import_incoming` job (mlassets.defs.ingestion.incoming) for one drop, a
-    lake-relative path under `incoming/`. The one place that knows the shape of that job's
-    config."""
-    return {"ops": {"import_incoming_drop": {"config": {"drop_path": drop_path}}}}
-
-
 def run_requests_for(
     message: ReceivedMessage, zone: DropZone, queue_name: str
 ) -> list[dg.RunRequest]:
     """The runs a message asks for ([] for an event that needs none); Rejected when it can
-    never be processed."""
+    never be processed. An import is a run for the drop's partition of incoming_events."""
     commands = parse_message(message.body, zone)
     key = message.message_id or f"sequence-number-{message.sequence_number}"
     base = {**TRIGGER_TAGS, "mlassets/queue": queue_name}
@@ -101,14 +95,15 @@ def run_requests_for(
             requests.append(dg.RunRequest(run_key=run_key, job_name=SCORE_JOB, tags=base))
         elif isinstance(command, BlobDrop):
             try:  # what the job would refuse (an unknown file format) is refused here
-                incoming.Drop.parse(command.path)
+                drop = incoming.Drop.parse(command.path)
             except incoming.DropError as exc:
                 raise Rejected(UNSUPPORTED_DROP, str(exc)) from None
             requests.append(
                 dg.RunRequest(
                     run_key=run_key,
                     job_name=IMPORT_JOB,
-                    run_config=import_incoming_run_config(command.path),
+                    partition_key=drop.name,
+                    run_config=import_incoming_run_config(drop.path),
                     tags={
                         **base,
                         "mlassets/drop-path": command.path,
@@ -202,7 +197,14 @@ def build_servicebus_sensor(
         summary = ", ".join(f"{n} {what}" for what, n in sorted(outcome.items()))
         context.log.info(f"{queue!r}: {len(messages)} received; {summary}")
         if requests:
-            return dg.SensorResult(run_requests=requests)
+            # A drop's partition exists before its run: the daemon adds these first.
+            drops = sorted({r.partition_key for r in requests if r.job_name == IMPORT_JOB})
+            return dg.SensorResult(
+                run_requests=requests,
+                dynamic_partitions_requests=[INCOMING_DROPS.build_add_request(drops)]
+                if drops
+                else [],
+            )
         return dg.SkipReason(f"{queue!r}: {summary}; nothing new to run")
 
     return servicebus_sensor
@@ -225,8 +227,8 @@ def _settle(context, action, message: ReceivedMessage, *args) -> bool:
 
 
 def _code_location_jobs() -> list:
-    from mlassets.defs.ingestion.incoming import import_incoming
     from mlassets.defs.inference.assets import score_events
+    from mlassets.defs.ingestion.incoming import import_incoming
     from mlassets.defs.training.model import train_model
 
     return [train_model, score_events, import_incoming]

@@ -1,5 +1,10 @@
-"""`inference_outputs`: predictions for unlabeled samples from the newest approved model,
-as Parquet in the lake and exported to SQL by the Data Factory `export_predictions` pipeline."""
+"""`inference_outputs`: predictions for unlabeled samples from the approved model, as Parquet
+in the lake and exported to SQL by the Data Factory `export_predictions` pipeline.
+
+The model is the one `approved_model` points at, nothing else: a model whose blocking
+accuracy check failed is never approved, so it never scores. Scoring follows each approval
+on its own (declarative automation); the `score` message and the UI start it by hand.
+"""
 
 import time
 from datetime import UTC, datetime
@@ -7,34 +12,54 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from mlassets.defs.ingestion.assets import landed_events
-from mlassets.defs.training.model import digit_classifier
+from mlassets.defs.ingestion.incoming import incoming_events
+from mlassets.defs.training.promotion import approved_model
 from mlassets.lib.lazy import lazy
-from mlassets.lib.metadata import ScoringMetadata, column_lineage, column_schema, lake_uri
+from mlassets.lib.metadata import (
+    INFERENCE_OUTPUTS,
+    ScoringMetadata,
+    column_lineage,
+    column_schema,
+    lake_uri,
+)
 from mlassets.roles.datafactory import DataFactoryResource, run_metadata
 from mlassets.roles.storage import LakeStorage
 
 # Loaded when a run or tick needs them, not when the code location loads.
 np = lazy("numpy")
 inference = lazy("mlassets.lib.inference")
+promotion = lazy("mlassets.lib.promotion")
 
 
 @dg.asset(
-    name="inference_outputs",
-    deps=[digit_classifier, landed_events],
+    key=INFERENCE_OUTPUTS,
+    deps=[approved_model, landed_events, incoming_events],
     group_name="inference",
     description="Predicted digit, probability and model version for every landed sample that has "
     "no label and no prediction from the current model, under `predictions/model=<version>/`, "
     "then upserted into the SQL table `predictions` by the `export_predictions` pipeline.",
     kinds={"parquet", "tensorflow", "sql"},
+    # One scoring at a time (dagster_home/dagster.yaml): the samples still to score are found,
+    # then scored, so two at once would score the same samples twice.
+    pool="scoring",
+    # Follows a new approval. Landings alone do not start a scoring here: that is the
+    # `score` message's (or a policy's) decision.
+    automation_condition=dg.AutomationCondition.eager().ignore(
+        dg.AssetSelection.assets(landed_events, incoming_events)
+    ),
 )
 def inference_outputs(
     context: dg.AssetExecutionContext, lake: LakeStorage, data_factory: DataFactoryResource
 ) -> dg.MaterializeResult:
-    model = inference.current_model(context.instance)
+    try:
+        model = promotion.read_pointer(lake)
+    except promotion.PointerError as exc:
+        raise dg.Failure(f"{exc}: materialize approved_model again", allow_retries=False) from exc
     if model is None:
         raise dg.Failure(
-            "no digit_classifier has passed its test_accuracy check yet: train one (job "
-            "train_model) before scoring"
+            "no model is approved yet: train one that passes its test_accuracy check (job "
+            "train_model approves it)",
+            allow_retries=False,
         )
     samples = inference.unscored_samples(lake, model.version)
     keras_model = inference.load(model, lake) if samples.num_rows else None
@@ -105,5 +130,5 @@ def inference_outputs(
 score_events = dg.define_asset_job(
     "score_events",
     selection=dg.AssetSelection.assets(inference_outputs),
-    description="Score unlabeled samples with the newest approved model and export to SQL.",
+    description="Score unlabeled samples with the approved model and export to SQL.",
 )

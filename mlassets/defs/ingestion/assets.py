@@ -22,8 +22,6 @@ from mlassets.roles.storage import LakeStorage
 if TYPE_CHECKING:
     from mlassets.lib.landing import LandingResult
 
-LANDING_POOL_TAG = {"mlassets/pool": "landing"}
-
 
 def _hub_state_version(marks: dict[str, int]) -> dg.DataVersion:
     digest = hashlib.sha256(json.dumps(marks, sort_keys=True).encode()).hexdigest()[:16]
@@ -119,7 +117,9 @@ class LandingConfig(dg.Config):
     f"range) under `{LANDED_PREFIX}/`; refused events go to `{QUARANTINE_PREFIX}/` with a reason.",
     kinds={"parquet", "azure"},
     tags={"mlassets/role": "lake"},
-    op_tags=LANDING_POOL_TAG,
+    # One landing at a time, hub or drop (dagster_home/dagster.yaml): ranges are resolved
+    # against what has landed.
+    pool="landing",
 )
 def landed_events(
     context: dg.AssetExecutionContext,
@@ -263,5 +263,4 @@ ingest_events = dg.define_asset_job(
     selection=dg.AssetSelection.assets(raw_events.key, landed_events),
     description="Observe the event hub, then land its new events as Parquet (the sensor "
     "passes exact ranges).",
-    tags=LANDING_POOL_TAG,
 )

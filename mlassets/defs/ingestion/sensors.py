@@ -16,7 +16,6 @@ import dagster as dg
 
 from mlassets import settings
 from mlassets.defs.ingestion.assets import (
-    LANDING_POOL_TAG,
     ingest_events,
     landed_events,
     observe_hub,
@@ -69,7 +68,6 @@ def plan_requests(
                         }
                     },
                     tags={
-                        **LANDING_POOL_TAG,
                         "mlassets/hub": hub_name,
                         "mlassets/partition": rng.partition_id,
                         "mlassets/range": f"{rng.first}-{rng.last}",

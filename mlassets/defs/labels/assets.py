@@ -26,9 +26,6 @@ pc = lazy("pyarrow.compute")
 cdc = lazy("mlassets.lib.cdc")
 adf = lazy("mlassets.lib.adf")
 
-#: One sync at a time (dagster_home/dagster.yaml): batches are resolved against the lake.
-LABELS_POOL_TAG = {"mlassets/pool": "labels"}
-
 
 def _lsn(value: str | None) -> str:
     return f"0x{value}" if value else "-"
@@ -49,7 +46,8 @@ class CaptureConfig(dg.Config):
     f"Parquet batch per LSN range under `{CDC_PREFIX}/`: operation, LSN and the row.",
     kinds={"parquet", "sql"},
     tags={"mlassets/role": "lake"},
-    op_tags=LABELS_POOL_TAG,
+    # One labels step at a time (dagster_home/dagster.yaml): batches are resolved against the lake.
+    pool="labels",
 )
 def cdc_deltas(
     context: dg.AssetExecutionContext,
@@ -166,7 +164,8 @@ class LabelsConfig(dg.Config):
     "change batches in LSN order (last change per key wins, deletes remove).",
     kinds={"deltalake", "azure"},
     tags={"mlassets/role": "lake"},
-    op_tags=LABELS_POOL_TAG,
+    # One labels step at a time (dagster_home/dagster.yaml): batches are resolved against the lake.
+    pool="labels",
 )
 def labels(
     context: dg.AssetExecutionContext,
@@ -265,5 +264,4 @@ sync_labels = dg.define_asset_job(
     "sync_labels",
     selection=dg.AssetSelection.assets(cdc_deltas, labels),
     description="Capture new label changes and MERGE them into the labels Delta table.",
-    tags=LABELS_POOL_TAG,
 )

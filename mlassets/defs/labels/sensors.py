@@ -13,7 +13,7 @@ and the run they trigger captures an empty batch (cheap, and it keeps the waterm
 
 import dagster as dg
 
-from mlassets.defs.labels.assets import LABELS_POOL_TAG, sync_labels
+from mlassets.defs.labels.assets import sync_labels
 from mlassets.lib.lazy import lazy
 from mlassets.roles.labels_db import LabelsDatabase
 from mlassets.roles.storage import LakeStorage
@@ -36,7 +36,7 @@ def plan_request(cursor: str | None, max_lsn: str | None) -> tuple[dg.RunRequest
     return (
         dg.RunRequest(
             run_key=f"sync_labels:{max_lsn}",
-            tags={**LABELS_POOL_TAG, "mlassets/max_lsn": max_lsn},
+            tags={"mlassets/max_lsn": max_lsn},
         ),
         "",
     )

@@ -1,4 +1,5 @@
-"""Training: the versioned dataset, the Horovod-trained model, and automatic retraining."""
+"""Training: the versioned dataset, the Horovod-trained model, its approval for scoring, and
+automatic retraining."""
 
 import dagster as dg
 
@@ -8,10 +9,11 @@ from mlassets.defs.training.model import (
     digit_classifier_test_accuracy,
     train_model,
 )
+from mlassets.defs.training.promotion import approved_model
 from mlassets.defs.training.sensors import retraining_sensor
 
 defs = dg.Definitions(
-    assets=[training_dataset, digit_classifier],
+    assets=[training_dataset, digit_classifier, approved_model],
     asset_checks=[*DATASET_CHECKS, digit_classifier_test_accuracy],
     jobs=[train_model],
     sensors=[retraining_sensor],

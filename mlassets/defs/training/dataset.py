@@ -3,6 +3,7 @@
 import dagster as dg
 
 from mlassets.defs.ingestion.assets import landed_events
+from mlassets.defs.ingestion.incoming import incoming_events
 from mlassets.defs.labels.assets import labels
 from mlassets.defs.quality import QualityPolicy
 from mlassets.lib.layout import LABELS_PATH
@@ -37,7 +38,7 @@ DATASET_LINEAGE = {
 
 @dg.asset(
     key=TRAINING_DATASET,
-    deps=[landed_events, labels],
+    deps=[landed_events, incoming_events, labels],
     group_name="training",
     description="Landed events joined with current labels (latest event per sample; retracted "
     "labels drop the sample), split 80/10/10 by a stable hash of sample_id, written as Parquet "

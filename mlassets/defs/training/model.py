@@ -9,10 +9,9 @@ from pydantic import Field
 from mlassets import settings
 from mlassets.defs.training.dataset import training_dataset
 from mlassets.lib.layout import MODEL_PREFIX
+from mlassets.lib.metadata import APPROVED_MODEL
 from mlassets.roles.storage import LakeStorage
 from mlassets.roles.training import TrainingCompute, TrainingJob
-
-TRAINING_POOL_TAG = {"mlassets/pool": "training"}
 
 
 def min_test_accuracy() -> float:
@@ -59,7 +58,8 @@ def model_version(dataset_version: str, now: datetime | None = None) -> str:
     description="A small CNN for 8x8 digits trained with Horovod (local Gloo workers or an Azure "
     "Batch GPU pool); the model and its metrics under `models/digit_classifier/<version>/`.",
     kinds={"tensorflow", "keras"},
-    op_tags=TRAINING_POOL_TAG,
+    # One training at a time (dagster_home/dagster.yaml): it takes every core it is given.
+    pool="training",
 )
 def digit_classifier(
     context: dg.AssetExecutionContext,
@@ -143,7 +143,8 @@ def digit_classifier_test_accuracy(context: dg.AssetCheckExecutionContext) -> dg
 
 train_model = dg.define_asset_job(
     "train_model",
-    selection=dg.AssetSelection.assets(training_dataset, digit_classifier),
-    description="Build the training dataset and train the digit classifier with Horovod.",
-    tags=TRAINING_POOL_TAG,
+    # approved_model by key: its module imports this one.
+    selection=dg.AssetSelection.assets(training_dataset, digit_classifier, APPROVED_MODEL),
+    description="Build the training dataset, train the digit classifier with Horovod and, "
+    "when it passes its blocking accuracy check, approve it for scoring.",
 )

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from mlassets.defs.quality import RetrainingPolicy
-from mlassets.defs.training.model import TRAINING_POOL_TAG, train_model
+from mlassets.defs.training.model import train_model
 from mlassets.lib.lazy import lazy
 from mlassets.lib.metadata import (
     CaptureMetadata,
@@ -136,7 +136,6 @@ def retraining_sensor(
             dg.RunRequest(
                 run_key=f"retrain:{fired}:{datetime.now(UTC):%Y%m%dT%H%M%S}",
                 tags={
-                    **TRAINING_POOL_TAG,
                     "mlassets/trigger": "retraining_sensor",
                     "mlassets/retrain-policy": fired,
                     "mlassets/retrain-reason": reason,

@@ -18,9 +18,9 @@ from mlassets.defs.commands.sensors import (
     servicebus_sensor,
 )
 from mlassets.defs.inference.assets import score_events
-from mlassets.defs.ingestion.incoming import import_incoming
 from mlassets.defs.resources import local_resources
 from mlassets.defs.training.model import train_model
+from mlassets.lib.incoming import Drop
 from mlassets.lib.messages import (
     DropZone,
     Rejected,
@@ -50,10 +50,13 @@ def queue(resources) -> EmbeddedQueue:
 
 
 def tick(resources, instance, sensor=servicebus_sensor):
-    """One evaluation, as the daemon runs it (targets are checked)."""
-    context = dg.build_sensor_context(instance=instance, resources=resources)
-    data = sensor.evaluate_tick(context)
-    return data
+    """One evaluation, as the daemon runs it (targets and partitions are checked)."""
+    from mlassets.definitions import defs
+
+    context = dg.build_sensor_context(
+        instance=instance, instance_ref=instance.get_ref(), resources=resources, definitions=defs
+    )
+    return sensor.evaluate_tick(context)
 
 
 def launch(instance, requests, sensor_name="servicebus_sensor"):
@@ -127,14 +130,24 @@ def test_score_command_requests_score_events(resources, queue, instance):
 @pytest.mark.parametrize("schema", ["eventgrid", "cloudevents"])
 def test_blob_created_in_the_drop_zone_requests_import_incoming(resources, queue, instance, schema):
     mid = send_blob_event(queue, resources["lake"], "2026/05/scanner-7.json", schema=schema)
-    (request,) = tick(resources, instance).run_requests
+    data = tick(resources, instance)
+    (request,) = data.run_requests
     assert request.job_name == "import_incoming"
     assert request.run_key == mid
     assert request.run_config == import_incoming_run_config("incoming/2026/05/scanner-7.json")
     assert request.tags["mlassets/drop-path"] == "incoming/2026/05/scanner-7.json"
     assert request.tags["mlassets/event-id"] == mid
-    # The config is one the job accepts.
-    assert dg.validate_run_config(import_incoming, request.run_config)
+    # The run is for the drop's partition, which the tick adds, with a config the job accepts.
+    drop = Drop.parse("incoming/2026/05/scanner-7.json")
+    assert request.partition_key == drop.name
+    (added,) = data.dynamic_partitions_requests
+    assert (added.partitions_def_name, list(added.partition_keys)) == (
+        "incoming_drops",
+        [drop.name],
+    )
+    from mlassets.definitions import defs
+
+    assert dg.validate_run_config(defs.resolve_job_def("import_incoming"), request.run_config)
 
 
 def test_a_message_with_an_array_of_events_gets_one_run_per_event(resources, queue, instance):
@@ -444,6 +457,89 @@ def test_mlassets_send_each_kind_and_the_sensor_understands_it(resources, queue,
     assert cloudevents.content_type.startswith("application/cloudevents+json")
 
 
+def run_like_the_daemon(data, instance) -> list[dg.ExecuteInProcessResult]:
+    """What the daemon does with a tick: add the partitions it asks for, then run each request."""
+    from mlassets.definitions import build_definitions
+
+    defs = build_definitions()  # resources for this test's data dir
+    for added in data.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(added.partitions_def_name, list(added.partition_keys))
+    return [
+        defs.resolve_job_def(r.job_name).execute_in_process(
+            run_config=r.run_config,
+            partition_key=r.partition_key,
+            tags=r.tags,
+            instance=instance,
+            raise_on_error=False,
+        )
+        for r in data.run_requests
+    ]
+
+
+PIXELS = json.dumps([0, 3, 9, 16] * 16)
+BODY = {"source": "s", "captured_at": "2026-01-05T10:00:00Z"}
+
+
+def test_a_drop_sent_with_blob_created_is_imported_and_checked_on_what_it_landed(
+    resources, instance
+):
+    drop(
+        resources["lake"],
+        "incoming/2026/ok.csv",
+        (
+            "sample_id,pixels,source,captured_at\n"
+            + "".join(f'ok{i},"{PIXELS}",s,2026-01-05T10:00:00Z\n' for i in range(12))
+        ).encode(),
+    )
+    assert CliRunner().invoke(main, ["send", "blob-created", "2026/ok.csv"]).exit_code == 0
+    (result,) = run_like_the_daemon(tick(resources, instance), instance)
+    assert result.success
+    (landed,) = result.get_asset_materialization_events()
+    assert landed.asset_key.to_user_string() == "incoming_events"
+    assert landed.partition == Drop.parse("incoming/2026/ok.csv").name
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["schema_and_ranges"].passed and checks["schema_and_ranges"].blocking
+    assert checks["schema_and_ranges"].metadata["files_checked"].value == 1
+
+
+def test_a_drop_whose_landed_rows_have_the_wrong_shape_fails_the_blocking_check(
+    resources, instance, monkeypatch
+):
+    import dataclasses
+
+    import pyarrow as pa
+
+    from mlassets.lib import incoming
+    from mlassets.lib.events import LANDED_SCHEMA
+
+    real = incoming.conform
+
+    def wrong_shape(*args):  # a landing defect lets 8-pixel rows through
+        decoded = real(*args)
+        field = LANDED_SCHEMA.field("pixels")
+        short = pa.array([p[:8] for p in decoded.landed["pixels"].to_pylist()], field.type)
+        return dataclasses.replace(decoded, landed=decoded.landed.set_column(1, field, short))
+
+    monkeypatch.setattr(incoming, "conform", wrong_shape)
+    drop(
+        resources["lake"],
+        "incoming/2026/short.jsonl",
+        b"".join(
+            json.dumps({"sample_id": f"s{i}", "pixels": json.loads(PIXELS), **BODY}).encode()
+            + b"\n"
+            for i in range(6)
+        ),
+    )
+    assert CliRunner().invoke(main, ["send", "blob-created", "2026/short.jsonl"]).exit_code == 0
+    (result,) = run_like_the_daemon(tick(resources, instance), instance)
+    assert not result.success  # a blocking check that fails fails the import
+    (schema,) = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "schema_and_ranges"
+    ]
+    assert not schema.passed
+    assert "6 rows without 64 pixels" in schema.metadata["problems"].value
+
+
 def test_mlassets_send_blob_created_refuses_a_missing_blob_or_a_path_outside(resources):
     runner = CliRunner()
     missing = runner.invoke(main, ["send", "blob-created", "nope.json"])
@@ -481,6 +577,7 @@ def test_the_queue_role_is_wired_in_both_deployments(data_dir, monkeypatch):
             name = need[0] if isinstance(need, tuple) else need
             monkeypatch.setenv(name, f"placeholder-{name.lower()}")
     monkeypatch.setenv("MLASSETS_LAKE_URL", "abfs://lake@acct.dfs.core.windows.net/x")
+    monkeypatch.setenv("MLASSETS_LABELS_DB_URL", "mssql+pyodbc://@srv.database.windows.net/labels")
     with pytest.raises(
         settings.MissingSettingError,
         match="MLASSETS_SERVICEBUS_CONNECTION_STRING or MLASSETS_SERVICEBUS_NAMESPACE",

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from mlassets.defs.labels.assets import LABELS_POOL_TAG, cdc_deltas, labels
+from mlassets.defs.labels.assets import cdc_deltas, labels
 from mlassets.defs.labels.checks import LABELS_CHECKS as ASSET_CHECKS
 from mlassets.defs.resources import local_resources
 from mlassets.lib import cdc
@@ -298,6 +298,8 @@ def test_sync_labels_is_the_job_of_both_assets_in_the_labels_pool():
     from mlassets.definitions import defs
 
     job = defs.resolve_job_def("sync_labels")
-    assert job.tags["mlassets/pool"] == LABELS_POOL_TAG["mlassets/pool"]
+    # A pool, not a run tag: a step from the UI, the CLI or a sensor waits the same way.
+    pools = {node.name: node.definition.pool for node in job.graph.nodes}
+    assert (pools["cdc_deltas"], pools["labels"]) == ("labels", "labels")
     keys = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
     assert keys == {"cdc_deltas", "labels"}

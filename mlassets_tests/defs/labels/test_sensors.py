@@ -45,7 +45,6 @@ def test_a_change_requests_sync_labels_keyed_by_the_max_lsn(resources, instance)
     result = tick(resources, instance)
     [request] = result.run_requests
     assert request.run_key == f"sync_labels:{lsn_hex(2)}"
-    assert request.tags["mlassets/pool"] == "labels"
     assert result.cursor == lsn_hex(2)
     assert labels_cdc_sensor.job_name == "sync_labels"
 

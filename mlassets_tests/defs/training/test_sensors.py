@@ -90,7 +90,6 @@ def test_new_labels_beyond_the_fraction_fire_with_their_reason(instance, lake):
         request.tags["mlassets/retrain-reason"]
         == "labels grew 15% (1000 -> 1150) since dataset ds1"
     )
-    assert request.tags["mlassets/pool"] == "training"
     assert request.tags["mlassets/trigger"] == "retraining_sensor"
 
 

@@ -51,7 +51,6 @@ def _train(instance):
         resources=resources,
         instance=instance,
         selection=dg.AssetSelection.assets("training_dataset", "digit_classifier"),
-        tags={"mlassets/pool": "training"},
     )
     return result, resources, instance
 
