@@ -164,8 +164,12 @@ class AssetMetadata(MetadataRecord):
     asset_key: ClassVar[dg.AssetKey]
 
     @classmethod
-    def latest(cls, instance: dg.DagsterInstance) -> Self | None:
-        """What the newest materialization of the asset recorded, or None before the first."""
+    def latest(cls, instance: dg.DagsterInstance, partition: str | None = None) -> Self | None:
+        """What the newest materialization of the asset (or of one partition) recorded, or
+        None before the first."""
+        if partition is not None:
+            newest = cls.records(instance, limit=1, partition=partition)
+            return newest[0].metadata if newest else None
         event = instance.get_latest_materialization_event(cls.asset_key)
         if event is None or event.asset_materialization is None:
             return None
@@ -173,11 +177,18 @@ class AssetMetadata(MetadataRecord):
 
     @classmethod
     def records(
-        cls, instance: dg.DagsterInstance, after_storage_id: int | None = None, limit: int = 100
+        cls,
+        instance: dg.DagsterInstance,
+        after_storage_id: int | None = None,
+        limit: int = 100,
+        partition: str | None = None,
     ) -> list[Recorded[Self]]:
-        """Materializations newest first, optionally only those after a storage id."""
+        """Materializations newest first, optionally only those after a storage id or of one
+        partition."""
         records_filter = dg.AssetRecordsFilter(
-            asset_key=cls.asset_key, after_storage_id=after_storage_id
+            asset_key=cls.asset_key,
+            after_storage_id=after_storage_id,
+            asset_partitions=[partition] if partition is not None else None,
         )
         records = instance.fetch_materializations(records_filter, limit=limit).records
         return [

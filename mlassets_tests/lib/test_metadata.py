@@ -257,3 +257,18 @@ def test_an_import_says_which_copy_run_landed_it_and_how_much_the_table_grew():
     imported = EXAMPLES[IncomingMetadata]
     assert imported.copy_run == ("run-1", "-")  # the engine was not recorded in the example
     assert imported.net_new_rows == 94 - 90  # a re-import replaced 90 rows
+
+
+def test_latest_of_one_partition_is_that_partitions_newest(instance):
+    for drop, rows in (("a.csv", 1), ("b.csv", 2), ("a.csv", 3)):
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                asset_key=INCOMING_EVENTS,
+                partition=drop,
+                metadata=IncomingMetadata(landed_rows=rows).to_metadata(),
+            )
+        )
+    assert IncomingMetadata.latest(instance, partition="a.csv").landed_rows == 3
+    assert IncomingMetadata.latest(instance, partition="b.csv").landed_rows == 2
+    assert IncomingMetadata.latest(instance, partition="c.csv") is None
+    assert IncomingMetadata.latest(instance).landed_rows == 3

@@ -146,11 +146,7 @@ def import_metadata(result: "incoming.ImportResult", lake: LakeStorage) -> Incom
 
 def latest_import(instance: dg.DagsterInstance, partition_key: str) -> IncomingMetadata | None:
     """What the newest import of one drop recorded."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=INCOMING_EVENTS, asset_partitions=[partition_key]),
-        limit=1,
-    ).records
-    return IncomingMetadata.from_metadata(records[0]) if records else None
+    return IncomingMetadata.latest(instance, partition=partition_key)
 
 
 @dg.asset_check(
