@@ -1,21 +1,24 @@
 """`digit_classifier`: a Keras model trained with Horovod, through Dagster Pipes, gated by a
 blocking accuracy check."""
 
+import dataclasses
 from datetime import UTC, datetime
 
 import dagster as dg
 from pydantic import Field
 
-from mlassets import settings
+from mlassets.defs.quality import QualityPolicy
 from mlassets.defs.training.dataset import training_dataset
 from mlassets.lib.layout import MODEL_PREFIX
-from mlassets.lib.metadata import APPROVED_MODEL
+from mlassets.lib.metadata import (
+    APPROVED_MODEL,
+    DIGIT_CLASSIFIER,
+    AccuracyCheckMetadata,
+    DatasetMetadata,
+    ModelMetadata,
+)
 from mlassets.roles.storage import LakeStorage
 from mlassets.roles.training import TrainingCompute, TrainingJob
-
-
-def min_test_accuracy() -> float:
-    return float(settings.get("MLASSETS_MIN_TEST_ACCURACY") or 0.90)
 
 
 class TrainingConfig(dg.Config):
@@ -52,7 +55,7 @@ def model_version(dataset_version: str, now: datetime | None = None) -> str:
 
 
 @dg.asset(
-    name="digit_classifier",
+    key=DIGIT_CLASSIFIER,
     deps=[training_dataset],
     group_name="training",
     description="A small CNN for 8x8 digits trained with Horovod (local Gloo workers or an Azure "
@@ -67,10 +70,10 @@ def digit_classifier(
     lake: LakeStorage,
     training_compute: TrainingCompute,
 ) -> dg.MaterializeResult:
-    upstream = context.instance.get_latest_materialization_event(training_dataset.key)
-    if upstream is None or upstream.asset_materialization is None:
+    upstream = DatasetMetadata.latest(context.instance)
+    if upstream is None or not upstream.version:
         raise dg.Failure("training_dataset has never been materialized: build it first")
-    dataset_version = upstream.asset_materialization.metadata["version"].value
+    dataset_version = upstream.version
     version = model_version(dataset_version)
     context.log.info(
         f"training model {version} on dataset {dataset_version} ({training_compute.description})"
@@ -104,15 +107,15 @@ def digit_classifier(
     )
     reason = context.run.tags.get("mlassets/retrain-reason")
     result = training_compute.run(context, job).get_materialize_result()
-    extra = {
-        "compute": dg.MetadataValue.text(training_compute.description),
-        "model_dir": dg.MetadataValue.path(lake.uri(f"{MODEL_PREFIX}/{version}")),
-    }
-    if reason:
-        extra["retrain_reason"] = dg.MetadataValue.text(reason)
+    reported = dataclasses.replace(
+        ModelMetadata.from_metadata(result),
+        compute=training_compute.description,
+        model_dir=lake.uri(f"{MODEL_PREFIX}/{version}"),
+        retrain_reason=reason or None,
+    )
     return dg.MaterializeResult(
         asset_key=result.asset_key,
-        metadata={**(result.metadata or {}), **extra},
+        metadata=reported.to_metadata(),
         data_version=result.data_version,
     )
 
@@ -120,23 +123,23 @@ def digit_classifier(
 @dg.asset_check(
     asset=digit_classifier,
     name="test_accuracy",
-    description="Test accuracy of the newest model is at least MLASSETS_MIN_TEST_ACCURACY "
-    "(default 0.90). Blocking: a model that fails it is never used for scoring.",
+    description="Test accuracy of the newest model is at least the `quality` resource's "
+    "min_test_accuracy (MLASSETS_MIN_TEST_ACCURACY). Blocking: a model that fails it is never "
+    "used for scoring.",
     blocking=True,
 )
-def digit_classifier_test_accuracy(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    event = context.instance.get_latest_materialization_event(digit_classifier.key)
-    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    accuracy = float(meta["test_accuracy"].value) if "test_accuracy" in meta else 0.0
-    threshold = min_test_accuracy()
-    version = meta["model_version"].value if "model_version" in meta else None
+def digit_classifier_test_accuracy(
+    context: dg.AssetCheckExecutionContext, quality: QualityPolicy
+) -> dg.AssetCheckResult:
+    model = ModelMetadata.latest(context.instance) or ModelMetadata()
+    accuracy = model.test_accuracy
+    threshold = quality.min_test_accuracy
+    version = model.model_version or None
     return dg.AssetCheckResult(
         passed=accuracy >= threshold,
-        metadata={
-            "test_accuracy": dg.MetadataValue.float(accuracy),
-            "threshold": dg.MetadataValue.float(threshold),
-            "model_version": dg.MetadataValue.text(version or "-"),
-        },
+        metadata=AccuracyCheckMetadata(
+            test_accuracy=accuracy, threshold=threshold, model_version=version or "-"
+        ).to_metadata(),
         description=f"model {version}: test accuracy {accuracy:.4f} (threshold {threshold:.2f})",
     )
 

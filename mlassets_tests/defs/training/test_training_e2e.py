@@ -11,6 +11,7 @@ import pytest
 from mlassets import settings
 from mlassets.definitions import defs
 from mlassets.defs.resources import local_resources
+from mlassets.lib.metadata import ModelMetadata
 from mlassets.simulate import make_events, record_truth, simulate_labels
 
 
@@ -59,18 +60,15 @@ def _train(instance):
 def test_training_end_to_end_reaches_the_accuracy_bar_and_passes_the_blocking_check(trained):
     result, _, _ = trained
     assert result.success
-    meta = {
-        k: v.value
-        for k, v in result.asset_materializations_for_node("digit_classifier")[0].metadata.items()
-    }
-    assert meta["test_accuracy"] >= 0.90
-    assert meta["workers"] == 2
-    assert meta["samples_per_second"] > 0
+    meta = ModelMetadata.from_run(result)
+    assert meta.test_accuracy >= 0.90
+    assert meta.workers == 2
+    assert meta.samples_per_second > 0
     # A few thousand rows: the automatic step stays small, so every epoch has 32 updates or more
     # and the run makes at least 12 x 32.
-    assert meta["batch_size_per_worker"] == 32
-    assert meta["steps_per_epoch"] >= 32
-    assert meta["epochs"] == 12
+    assert meta.batch_size_per_worker == 32
+    assert meta.steps_per_epoch >= 32
+    assert meta.epochs == 12
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"class_balance": True, "splits_disjoint": True, "test_accuracy": True}
 
@@ -89,10 +87,10 @@ def test_the_run_log_holds_one_line_per_epoch_from_the_training_program(trained)
 @pytest.mark.slow
 def test_the_saved_model_loads_and_predicts(trained):
     result, _, _ = trained
-    meta = result.asset_materializations_for_node("digit_classifier")[0].metadata
+    meta = ModelMetadata.from_run(result)
     from mlassets.training_program.model import load_model, predict_proba
 
-    model = load_model(meta["model_path"].value)
+    model = load_model(meta.model_path)
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -100,4 +98,4 @@ def test_the_saved_model_loads_and_predicts(trained):
     assert proba.shape == (200, 10)
     assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-4)
     assert (proba.argmax(axis=1) == digits.target[:200]).mean() > 0.85
-    assert meta["model_version"].value.endswith(meta["dataset_version"].value[:8])
+    assert meta.model_version.endswith(meta.dataset_version[:8])
