@@ -50,8 +50,16 @@ def training_dataset(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg
     columns = ["sample_id", "pixels", "captured_at", "sequence_number"]
     landed = lake.read_parquet(files, columns=columns, schema=events.LANDED_SCHEMA)
     current = cdc.read_labels_table(lake, columns=["sample_id", "label"])
+    _require_inputs(landed.num_rows, current.num_rows)
     labels_table = lake.delta_table(LABELS_PATH)
     dataset = datasets.build_dataset(landed, current)
+    if dataset.table.num_rows == 0:
+        raise dg.Failure(
+            description=f"none of the {landed.num_rows:,} landed events has one of the "
+            f"{current.num_rows:,} labels: label those samples, then materialize cdc_deltas "
+            "and labels",
+            allow_retries=False,
+        )
     written = datasets.write_dataset(lake, dataset)
     histogram = dataset.class_histogram()
     rows = {name: int(sum(histogram[name])) for name in datasets.SPLITS}
@@ -92,6 +100,21 @@ def training_dataset(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg
             uri=lake_uri(lake.uri(datasets.dataset_dir(dataset.version))),
         ).to_metadata(),
     )
+
+
+def _require_inputs(landed_rows: int, label_rows: int) -> None:
+    """One line that says what to materialize first, instead of a dataset of 0 rows (and a
+    class_balance failure listing ten zeros)."""
+    if landed_rows == 0:
+        raise dg.Failure(
+            description="no landed events yet: materialize landed_events first",
+            allow_retries=False,
+        )
+    if label_rows == 0:
+        raise dg.Failure(
+            description="no labels yet: materialize cdc_deltas and labels first",
+            allow_retries=False,
+        )
 
 
 def _ranges_read(files: list[str]) -> dict[str, list[str]]:
