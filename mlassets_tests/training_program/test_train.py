@@ -152,25 +152,27 @@ def test_the_automatic_step_grows_with_the_data_and_leaves_every_worker_32_steps
 
 
 @pytest.mark.parametrize("rows", [2, 31, 200, 950, 1_000, 1_900, 3_100, 16_000, 80_000, 10**7])
-def test_every_automatic_run_makes_at_least_384_updates_of_a_step_no_larger_than_needed(rows):
+def test_every_automatic_run_makes_at_least_600_updates_of_a_step_no_larger_than_needed(rows):
     batch, _ = choose_batch_size(rows, None)
     steps = rows // batch
     epochs, _ = choose_epochs(steps, None)
     assert epochs >= 12
-    assert epochs * steps >= 384 or epochs == 200  # a handful of rows: capped at 200 passes
+    assert epochs * steps >= 600 or epochs == 200  # a handful of rows: capped at 200 passes
     assert steps >= 32 or batch == min(32, rows)  # fewer steps only at the smallest step
 
 
-def test_data_too_small_for_32_steps_an_epoch_trains_more_epochs_and_says_why():
-    assert choose_epochs(32, None) == (12, "12 epochs (automatic: 384 updates)")
-    assert choose_epochs(39, None) == (12, "12 epochs (automatic: 468 updates)")  # unchanged
+def test_data_that_gives_few_steps_an_epoch_trains_more_epochs_and_says_why():
+    assert choose_epochs(50, None) == (12, "12 epochs (automatic: 600 updates)")
+    assert choose_epochs(488, None) == (12, "12 epochs (automatic: 5,856 updates)")
     assert choose_epochs(29, None) == (
-        14,
-        "14 epochs (automatic: 29 steps an epoch need 14 epochs for 384 updates; 406 updates)",
+        21,
+        "21 epochs (automatic: 29 steps an epoch need 21 epochs for 600 updates; 609 updates)",
     )
+    # The scaling benchmark's 2 workers: 39 steps of 2048 (it asks for its epochs itself).
+    assert choose_epochs(39, None)[0] == 16
     assert choose_epochs(1, None) == (
         200,
-        "200 epochs (automatic: 1 steps an epoch need 384 epochs for 384 updates, at most 200; "
+        "200 epochs (automatic: 1 steps an epoch need 600 epochs for 600 updates, at most 200; "
         "200 updates)",
     )
 

@@ -25,7 +25,7 @@ class TrainingConfig(dg.Config):
     epochs: int | None = Field(
         default=None,
         description="passes over the training split. Empty: 12, or more when the data is too "
-        "small for 12 x 32 = 384 updates (a few thousand rows)",
+        "small for 600 updates in 12 (a few thousand rows)",
     )
     batch_size: int | None = Field(
         default=None,

@@ -65,7 +65,7 @@ def test_training_end_to_end_reaches_the_accuracy_bar_and_passes_the_blocking_ch
     assert meta.workers == 2
     assert meta.samples_per_second > 0
     # A few thousand rows: the automatic step stays small, so every epoch has 32 updates or more
-    # and the run makes at least 12 x 32.
+    # and the run makes at least 600.
     assert meta.batch_size_per_worker == 32
     assert meta.steps_per_epoch >= 32
     assert meta.epochs == 12
