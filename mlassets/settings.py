@@ -1,12 +1,21 @@
-"""Every environment variable mlassets reads, in one list.
+"""Every environment variable mlassets reads, in one list, and one typed reader for each.
 
 The README table, `.env.example` and the "missing variable" error all come from `SETTINGS`,
-so a new setting is added here once and documented everywhere.
+so a new setting is added here once and documented everywhere. Code reads a setting only
+through its reader (`eventhub_partitions()`, `lake_url()`, ...), which checks the value where
+it is read and raises `SettingError` with one line: the variable, the value and what is
+accepted. `check()` reads them all, for commands that must fail before they start.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import re
+import sqlite3
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -244,101 +253,402 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DAGSTER_HOME", "Dagster instance folder (the Makefile sets `<project>/dagster_home`)"),
 )
 
-#: What `MLASSETS_DEPLOYMENT=azure` cannot start without. A tuple inside means "one of".
+#: What `MLASSETS_DEPLOYMENT=azure` cannot start without (a documented default counts as set).
+#: A tuple inside means "one of".
 AZURE_REQUIRED: tuple[str | tuple[str, ...], ...] = (
     "MLASSETS_LAKE_URL",
-    "MLASSETS_EVENTHUB_NAME",
     ("MLASSETS_EVENTHUB_CONNECTION_STRING", "MLASSETS_EVENTHUB_NAMESPACE"),
     "MLASSETS_LABELS_DB_URL",
     ("MLASSETS_SERVICEBUS_CONNECTION_STRING", "MLASSETS_SERVICEBUS_NAMESPACE"),
     "MLASSETS_ADF_SUBSCRIPTION_ID",
     "MLASSETS_ADF_RESOURCE_GROUP",
     "MLASSETS_ADF_FACTORY_NAME",
+    "MLASSETS_BATCH_ACCOUNT_URL",
+    "MLASSETS_BATCH_CONTAINER_IMAGE",
+    "MLASSETS_PIPES_STORAGE_ACCOUNT_URL",
 )
 
 
-class MissingSettingError(RuntimeError):
+class SettingError(ValueError):
+    """A setting has a value mlassets cannot use. The message is the one line to show: the
+    variable, its value (never a secret's) and what is accepted."""
+
+
+class MissingSettingError(SettingError):
     """A required environment variable is not set; the message names it."""
 
 
+def _setting(name: str) -> Setting | None:
+    return next((s for s in SETTINGS if s.name == name), None)
+
+
 def get(name: str) -> str | None:
-    """The variable's value, or its documented default (None when it has none)."""
-    value = os.environ.get(name)
+    """The variable's value, or its documented default (None when it has none; a default like
+    `<data dir>/...` only describes what the code derives, and is not returned)."""
+    value = os.environ.get(name, "").strip()
     if value:
         return value
-    return next((s.default for s in SETTINGS if s.name == name and s.default), None)
+    setting = _setting(name)
+    if setting and setting.default and "<" not in setting.default:
+        return setting.default
+    return None
 
 
-def deployment() -> Deployment:
-    value = (os.environ.get("MLASSETS_DEPLOYMENT") or "local").strip().lower()
-    if value not in ("local", "azure"):
-        raise MissingSettingError(f"MLASSETS_DEPLOYMENT must be 'local' or 'azure', not {value!r}")
-    return value  # type: ignore[return-value]
+def _shown(name: str, value: str) -> str:
+    setting = _setting(name)
+    return "(set; a secret, not shown)" if setting and setting.secret else repr(value)
 
 
-def data_dir() -> Path:
-    value = os.environ.get("MLASSETS_DATA_DIR")
-    return Path(value).expanduser().resolve() if value else PROJECT_ROOT / "data"
+def _invalid(name: str, value: str, expected: str) -> SettingError:
+    setting = _setting(name)
+    default = (
+        f" (unset: {setting.default})" if setting and setting.default and not setting.secret else ""
+    )
+    return SettingError(f"{name}={_shown(name, value)} is not valid: expected {expected}{default}")
 
 
-def lake_url() -> str:
-    return os.environ.get("MLASSETS_LAKE_URL") or f"file://{data_dir() / 'lake'}"
-
-
-def max_range_events() -> int:
-    return int(_number("MLASSETS_MAX_RANGE_EVENTS", int))
-
-
-def max_event_bytes() -> int:
-    value = int(_number("MLASSETS_MAX_EVENT_BYTES", int))
-    if value < 1:
-        raise MissingSettingError(f"MLASSETS_MAX_EVENT_BYTES must be at least 1, not {value}")
+def required(name: str, expected: str = "a value") -> str:
+    """The value (or default) of a variable that must have one."""
+    value = get(name)
+    if value is None:
+        raise MissingSettingError(f"{name} is not set: expected {expected}")
     return value
 
 
-# -- quality bars and the retraining policy: typed, defaults only in SETTINGS -----------------
-
-
-def _number(name: str, cast: type[int] | type[float]) -> int | float:
-    value = get(name)
+def integer(name: str, least: int = 0, most: int | None = None) -> int:
+    """A whole number in [least, most]."""
+    expected = (
+        f"a whole number from {least} to {most}"
+        if most is not None
+        else (f"a whole number of at least {least}")
+    )
+    text = required(name, expected)
     try:
-        return cast(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise MissingSettingError(
-            f"{name} must be {'an integer' if cast is int else 'a number'}, not {value!r}"
+        value = int(text)
+    except ValueError:
+        raise _invalid(name, text, expected) from None
+    if value < least or (most is not None and value > most):
+        raise _invalid(name, text, expected)
+    return value
+
+
+def positive_int(name: str, most: int | None = None) -> int:
+    return integer(name, 1, most)
+
+
+def number(
+    name: str, least: float = 0.0, most: float | None = None, *, above_least: bool = False
+) -> float:
+    """A finite number in [least, most] (or (least, most] when `above_least`)."""
+    low = f"above {least:g}" if above_least else f"at least {least:g}"
+    expected = f"a number {low}" + (f" and at most {most:g}" if most is not None else "")
+    text = required(name, expected)
+    try:
+        value = float(text)
+    except ValueError:
+        raise _invalid(name, text, expected) from None
+    if (
+        not math.isfinite(value)
+        or value < least
+        or (above_least and value == least)
+        or (most is not None and value > most)
+    ):
+        raise _invalid(name, text, expected)
+    return value
+
+
+def positive_number(name: str) -> float:
+    return number(name, 0.0, above_least=True)
+
+
+def fraction(name: str) -> float:
+    """A share: a number from 0 to 1."""
+    return number(name, 0.0, 1.0)
+
+
+def choice(name: str, options: tuple[str, ...]) -> str:
+    """One of `options` (case-insensitive), lower-cased."""
+    expected = " or ".join(repr(o) for o in options)
+    text = required(name, expected)
+    if text.lower() not in options:
+        raise _invalid(name, text, expected)
+    return text.lower()
+
+
+def url_scheme(name: str, schemes: tuple[str, ...], value: str | None = None) -> str:
+    """A URL whose scheme (`scheme://`, or a SQLAlchemy `dialect+driver://`) is one of
+    `schemes`; a secret's message shows only its scheme."""
+    expected = "a URL starting " + ", ".join(f"{s}://" for s in schemes)
+    text = value if value is not None else required(name, expected)
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() not in schemes or not rest.strip("/"):
+        setting = _setting(name)
+        if setting and setting.secret:
+            start = f"{scheme}://" if sep else "no scheme"
+            raise SettingError(f"{name} (a secret) starts {start}: expected {expected}")
+        raise _invalid(name, text, expected)
+    return text
+
+
+def matching(name: str, pattern: str, expected: str) -> str:
+    """A value that matches `pattern` in full (names that end up in paths and URLs)."""
+    text = required(name, expected)
+    if not re.fullmatch(pattern, text):
+        raise _invalid(name, text, expected)
+    return text
+
+
+#: Event Hubs, Service Bus and Batch names: letters, digits, `.`, `-` and `_`.
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._\-]{0,259}"
+_NAME_EXPECTED = "letters, digits, '.', '-' and '_', starting with a letter or digit"
+
+
+# -- every setting, typed and checked where it is read ---------------------------------------
+
+
+def deployment() -> Deployment:
+    return choice("MLASSETS_DEPLOYMENT", ("local", "azure"))  # type: ignore[return-value]
+
+
+def data_dir() -> Path:
+    value = os.environ.get("MLASSETS_DATA_DIR", "").strip()
+    return Path(value).expanduser().resolve() if value else PROJECT_ROOT / "data"
+
+
+def writable_data_dir() -> Path:
+    """The data folder, created if need be, once a file could be written in it."""
+    path = data_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise SettingError(
+            f"MLASSETS_DATA_DIR={str(path)!r} is not valid: {exc.strerror or exc}; expected a "
+            "folder this user can create and write"
         ) from None
+    return path
 
 
-def max_quarantine_ratio() -> float:
-    return float(_number("MLASSETS_MAX_QUARANTINE_RATIO", float))
+LAKE_SCHEMES: dict[str, tuple[str, ...]] = {
+    "local": ("file", "abfs", "abfss"),
+    "azure": ("abfs", "abfss"),  # Batch nodes and Data Factory cannot see a local folder
+}
 
 
-def min_class_rows() -> int:
-    return int(_number("MLASSETS_MIN_CLASS_ROWS", int))
+def lake_url(deployment_: Deployment | None = None) -> str:
+    value = get("MLASSETS_LAKE_URL")
+    if value is None and (deployment_ or deployment()) == "local":
+        return f"file://{data_dir() / 'lake'}"
+    schemes = LAKE_SCHEMES[deployment_ or deployment()]
+    url = url_scheme("MLASSETS_LAKE_URL", schemes, value)
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() != "file" and not rest.partition("@")[0].split("/")[0]:
+        raise _invalid(
+            "MLASSETS_LAKE_URL", url, "abfs://<container>@<account>.dfs.core.windows.net/<prefix>"
+        )
+    return url
 
 
-def min_test_accuracy() -> float:
-    return float(_number("MLASSETS_MIN_TEST_ACCURACY", float))
-
-
-def retrain_new_labels_fraction() -> float:
-    return float(_number("MLASSETS_RETRAIN_NEW_LABELS", float))
-
-
-def retrain_corrections() -> int:
-    return int(_number("MLASSETS_RETRAIN_CORRECTIONS", int))
-
-
-def retrain_psi() -> float:
-    return float(_number("MLASSETS_RETRAIN_PSI", float))
-
-
-def retrain_cooldown_minutes() -> float:
-    return float(_number("MLASSETS_RETRAIN_COOLDOWN_MINUTES", float))
+#: Dialects of the labels database: the embedded SQLite twin or Azure SQL.
+LABELS_DB_SCHEMES = ("sqlite", "mssql", "mssql+pyodbc")
 
 
 def labels_db_url() -> str:
-    return os.environ.get("MLASSETS_LABELS_DB_URL") or f"sqlite:///{data_dir() / 'labels.db'}"
+    value = get("MLASSETS_LABELS_DB_URL")
+    if value is None:
+        return f"sqlite:///{data_dir() / 'labels.db'}"
+    return url_scheme("MLASSETS_LABELS_DB_URL", LABELS_DB_SCHEMES, value)
+
+
+def eventhub_name() -> str:
+    return matching("MLASSETS_EVENTHUB_NAME", _NAME, f"an event hub name: {_NAME_EXPECTED}")
+
+
+def eventhub_consumer_group() -> str:
+    return required("MLASSETS_EVENTHUB_CONSUMER_GROUP", "a consumer group name")
+
+
+def eventhub_partitions(existing_hub: Path | None = None) -> int:
+    """The embedded hub's partition count; when its file exists, also the count it was created
+    with (an event hub's partition count never changes)."""
+    count = positive_int("MLASSETS_EVENTHUB_PARTITIONS", most=1024)
+    created = _created_partitions(existing_hub) if existing_hub else None
+    if created is not None and created != count:
+        raise SettingError(
+            f"MLASSETS_EVENTHUB_PARTITIONS={get('MLASSETS_EVENTHUB_PARTITIONS')!r} is not valid: "
+            f"the embedded hub {existing_hub} was created with {created} partitions, and a "
+            f"hub's partition count cannot change; expected {created} (or a new "
+            "MLASSETS_DATA_DIR)"
+        )
+    return count
+
+
+def _created_partitions(hub_file: Path) -> int | None:
+    """The partition count recorded in an existing embedded hub file (stdlib sqlite3 only)."""
+    if not hub_file.is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{hub_file}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT value FROM hub_meta WHERE key='partition_count'").fetchone()
+    except sqlite3.Error:
+        return None  # not readable here: the twin reports it when it opens the file
+    return int(row[0]) if row else None
+
+
+def max_range_events() -> int:
+    return positive_int("MLASSETS_MAX_RANGE_EVENTS")
+
+
+def max_quarantine_ratio() -> float:
+    return fraction("MLASSETS_MAX_QUARANTINE_RATIO")
+
+
+def max_event_bytes() -> int:
+    """The largest event body the landing reads (mlassets.lib.events quarantines larger)."""
+    return positive_int("MLASSETS_MAX_EVENT_BYTES")
+
+
+def labels_capture_instance() -> str:
+    return matching(
+        "MLASSETS_LABELS_CAPTURE_INSTANCE", r"[A-Za-z_][A-Za-z0-9_]{0,99}", "a SQL identifier"
+    )
+
+
+def training_workers() -> int:
+    return positive_int("MLASSETS_TRAINING_WORKERS", most=1024)
+
+
+def training_threads() -> int:
+    return positive_int("MLASSETS_TRAINING_THREADS", most=1024)
+
+
+def min_class_rows() -> int:
+    return integer("MLASSETS_MIN_CLASS_ROWS", 0)
+
+
+def min_test_accuracy() -> float:
+    return fraction("MLASSETS_MIN_TEST_ACCURACY")
+
+
+def retrain_new_labels_fraction() -> float:
+    return positive_number("MLASSETS_RETRAIN_NEW_LABELS")
+
+
+def retrain_corrections() -> int:
+    return positive_int("MLASSETS_RETRAIN_CORRECTIONS")
+
+
+def retrain_psi() -> float:
+    return positive_number("MLASSETS_RETRAIN_PSI")
+
+
+def retrain_cooldown_minutes() -> float:
+    return number("MLASSETS_RETRAIN_COOLDOWN_MINUTES", 0.0)
+
+
+def servicebus_queue() -> str:
+    return matching("MLASSETS_SERVICEBUS_QUEUE", _NAME, f"a queue name: {_NAME_EXPECTED}")
+
+
+def servicebus_lock_seconds() -> float:
+    return positive_number("MLASSETS_SERVICEBUS_LOCK_SECONDS")
+
+
+def servicebus_max_delivery_count() -> int:
+    return positive_int("MLASSETS_SERVICEBUS_MAX_DELIVERY_COUNT")
+
+
+def batch_account_url() -> str:
+    return required("MLASSETS_BATCH_ACCOUNT_URL", "https://<account>.<region>.batch.azure.com")
+
+
+def batch_pool_id() -> str:
+    return matching("MLASSETS_BATCH_POOL_ID", _NAME, f"a pool id: {_NAME_EXPECTED}")
+
+
+def batch_vm_size() -> str:
+    return required("MLASSETS_BATCH_VM_SIZE", "a VM size such as Standard_NC4as_T4_v3")
+
+
+def batch_nodes() -> int:
+    return positive_int("MLASSETS_BATCH_NODES", most=100)
+
+
+def batch_gpus_per_node() -> int:
+    return positive_int("MLASSETS_BATCH_GPUS_PER_NODE", most=16)
+
+
+def batch_container_image() -> str:
+    return required("MLASSETS_BATCH_CONTAINER_IMAGE", "a container image reference")
+
+
+def pipes_storage_account_url() -> str:
+    return required("MLASSETS_PIPES_STORAGE_ACCOUNT_URL", "https://<account>.blob.core.windows.net")
+
+
+def pipes_container() -> str:
+    return matching(
+        "MLASSETS_PIPES_CONTAINER", r"[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])?", "a blob container name"
+    )
+
+
+def adf_arm_endpoint() -> str:
+    return url_scheme("MLASSETS_ADF_ARM_ENDPOINT", ("https",))
+
+
+def adf_timeout_seconds() -> float:
+    return positive_number("MLASSETS_ADF_TIMEOUT_SECONDS")
+
+
+#: The reader of every setting that has a form to check (connection strings, keys, ids and
+#: DAGSTER_HOME are free text), so `check()` can read them all up front.
+READERS: dict[str, Callable[[], object]] = {
+    "MLASSETS_DEPLOYMENT": deployment,
+    "MLASSETS_DATA_DIR": writable_data_dir,
+    "MLASSETS_LAKE_URL": lake_url,
+    "MLASSETS_EVENTHUB_NAME": eventhub_name,
+    "MLASSETS_EVENTHUB_CONSUMER_GROUP": eventhub_consumer_group,
+    "MLASSETS_EVENTHUB_PARTITIONS": eventhub_partitions,
+    "MLASSETS_MAX_RANGE_EVENTS": max_range_events,
+    "MLASSETS_MAX_QUARANTINE_RATIO": max_quarantine_ratio,
+    "MLASSETS_MAX_EVENT_BYTES": max_event_bytes,
+    "MLASSETS_LABELS_DB_URL": labels_db_url,
+    "MLASSETS_LABELS_CAPTURE_INSTANCE": labels_capture_instance,
+    "MLASSETS_TRAINING_WORKERS": training_workers,
+    "MLASSETS_TRAINING_THREADS": training_threads,
+    "MLASSETS_MIN_CLASS_ROWS": min_class_rows,
+    "MLASSETS_MIN_TEST_ACCURACY": min_test_accuracy,
+    "MLASSETS_RETRAIN_NEW_LABELS": retrain_new_labels_fraction,
+    "MLASSETS_RETRAIN_CORRECTIONS": retrain_corrections,
+    "MLASSETS_RETRAIN_PSI": retrain_psi,
+    "MLASSETS_RETRAIN_COOLDOWN_MINUTES": retrain_cooldown_minutes,
+    "MLASSETS_SERVICEBUS_QUEUE": servicebus_queue,
+    "MLASSETS_SERVICEBUS_LOCK_SECONDS": servicebus_lock_seconds,
+    "MLASSETS_SERVICEBUS_MAX_DELIVERY_COUNT": servicebus_max_delivery_count,
+    "MLASSETS_BATCH_ACCOUNT_URL": batch_account_url,
+    "MLASSETS_BATCH_POOL_ID": batch_pool_id,
+    "MLASSETS_BATCH_VM_SIZE": batch_vm_size,
+    "MLASSETS_BATCH_NODES": batch_nodes,
+    "MLASSETS_BATCH_GPUS_PER_NODE": batch_gpus_per_node,
+    "MLASSETS_BATCH_CONTAINER_IMAGE": batch_container_image,
+    "MLASSETS_PIPES_STORAGE_ACCOUNT_URL": pipes_storage_account_url,
+    "MLASSETS_PIPES_CONTAINER": pipes_container,
+    "MLASSETS_ADF_ARM_ENDPOINT": adf_arm_endpoint,
+    "MLASSETS_ADF_TIMEOUT_SECONDS": adf_timeout_seconds,
+}
+
+
+def check(deployment_: Deployment | None = None) -> None:
+    """Read every setting the deployment uses, so a bad one stops a command (the demo) before
+    it does anything, with the same one line its reader gives."""
+    mode = deployment_ or deployment()
+    if mode == "azure":
+        require_azure_settings()
+    for s in SETTINGS:
+        reader = READERS.get(s.name)
+        if reader is not None and s.scope in ("both", mode):
+            reader()
 
 
 def require_azure_settings() -> None:
@@ -346,7 +656,7 @@ def require_azure_settings() -> None:
     missing: list[str] = []
     for need in AZURE_REQUIRED:
         names = need if isinstance(need, tuple) else (need,)
-        if not any(os.environ.get(n) for n in names):
+        if not any(get(n) for n in names):
             missing.append(" or ".join(names))
     if missing:
         raise MissingSettingError(

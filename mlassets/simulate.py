@@ -42,6 +42,10 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 def make_events(count: int, malformed: int = 0, seed: int | None = None) -> SimulatedEvents:
     """`count` events, `malformed` of them broken in one of MALFORMED_KINDS each."""
+    if count < 0:
+        raise ValueError(f"--count must be 0 or more, not {count}")
+    if malformed < 0:
+        raise ValueError(f"--malformed must be 0 or more, not {malformed}")
     if malformed > count:
         raise ValueError(f"--malformed ({malformed}) cannot exceed --count ({count})")
     rng = np.random.default_rng(seed)

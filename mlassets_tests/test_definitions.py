@@ -9,7 +9,7 @@ import pytest
 from mlassets import settings
 from mlassets.defs.resources import build_resources
 from mlassets.roles.eventhub import AzureEventHub
-from mlassets.settings import PROJECT_ROOT, MissingSettingError
+from mlassets.settings import PROJECT_ROOT, MissingSettingError, SettingError
 from mlassets.twins.eventhub import EmbeddedEventHub
 
 PY = sys.executable
@@ -120,7 +120,9 @@ def test_azure_secrets_are_env_vars_that_dagster_resolves_at_run_time(
 
 def test_an_unknown_deployment_is_refused(monkeypatch):
     monkeypatch.setenv("MLASSETS_DEPLOYMENT", "aws")
-    with pytest.raises(MissingSettingError, match="'local' or 'azure'"):
+    with pytest.raises(
+        SettingError, match="MLASSETS_DEPLOYMENT='aws' is not valid: expected 'local' or 'azure'"
+    ):
         settings.deployment()
 
 

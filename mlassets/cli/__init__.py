@@ -17,12 +17,10 @@ from mlassets import settings
 
 
 def _resource(name: str):
+    """A resource of the configured deployment; a bad setting is one line (see `_Main`)."""
     from mlassets.defs.resources import build_resources, resolved
 
-    try:
-        return resolved(build_resources()[name])
-    except settings.MissingSettingError as exc:
-        _fail(str(exc))
+    return resolved(build_resources()[name])
 
 
 def _fail(message: str) -> None:
@@ -30,8 +28,26 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-@click.group()
-def main() -> None:
+#: A person's mistakes (a setting, a path, a file): one line and exit 2, never a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (settings.SettingError, OSError)
+
+
+class _Main(click.Group):
+    """The `mlassets` group: every command's user errors become one line; `--debug` shows the
+    traceback instead."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as exc:
+            if ctx.params.get("debug"):
+                raise
+            _fail(" ".join(str(exc).split()) or type(exc).__name__)
+
+
+@click.group(cls=_Main)
+@click.option("--debug", is_flag=True, help="show the traceback of an error, not one line")
+def main(debug: bool) -> None:
     """mlassets: an event-driven ML platform on Azure, run by Dagster."""
     # The features mlassets uses knowingly (observable source assets, Pipes) carry Dagster's
     # beta/preview notices; on a terminal they would bury the output a person came for.
@@ -44,8 +60,16 @@ def simulate() -> None:
 
 
 @simulate.command("events")
-@click.option("--count", default=10_000, show_default=True, help="events to publish")
-@click.option("--malformed", default=0, show_default=True, help="how many of them to break")
+@click.option(
+    "--count", default=10_000, show_default=True, type=click.IntRange(0), help="events to publish"
+)
+@click.option(
+    "--malformed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="how many of them to break",
+)
 @click.option("--seed", type=int, default=None, help="for a repeatable stream")
 def simulate_events(count: int, malformed: int, seed: int | None) -> None:
     """Publish digit events (scikit-learn's 8x8 digits) to the event hub."""
@@ -173,8 +197,14 @@ def hub_info(as_json: bool) -> None:
 
 
 @main.command("demo")
-@click.option("--events", "count", default=10_000, show_default=True)
-@click.option("--malformed", default=0, show_default=True, help="e.g. 50, to see the quarantine")
+@click.option("--events", "count", default=10_000, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--malformed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="e.g. 50, to see the quarantine",
+)
 @click.option("--seed", type=int, default=None, help="for a repeatable demo")
 def demo(count: int, malformed: int, seed: int | None) -> None:
     """The whole graph: publish events and labels, then land, sync, train, score, export."""
@@ -337,7 +367,13 @@ def send_blob_created(path: str, schema: str, missing_ok: bool) -> None:
 
 
 @main.command("queue")
-@click.option("--limit", default=20, show_default=True, help="dead-lettered messages to list")
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(0),
+    help="dead-lettered messages to list",
+)
 def queue_info(limit: int) -> None:
     """Show the command queue: active, locked and dead-lettered messages, and why."""
     queue = _resource("message_queue")
@@ -421,7 +457,12 @@ def _print_run(result) -> None:
 @adf_group.command("run")
 @click.argument("pipeline")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="a pipeline parameter")
-@click.option("--timeout", type=float, default=None, help="seconds before the run is cancelled")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="seconds before the run is cancelled",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the whole result as JSON")
 def adf_run(pipeline: str, params: tuple[str, ...], timeout: float | None, as_json: bool) -> None:
     """Run PIPELINE of adf/ on the configured engine and print what it did."""

@@ -49,18 +49,19 @@ def labels_database_class(url: str) -> type[LabelsDatabase]:
 
 
 def local_resources() -> dict[str, Any]:
-    data = settings.data_dir()
+    data = settings.writable_data_dir()
+    hub_file = data / "eventhub" / f"{settings.eventhub_name()}.db"
     return {
         "lake": LakeStorage(url=settings.lake_url()),
         "event_hub": EmbeddedEventHub(
-            path=str(data / "eventhub" / f"{settings.get('MLASSETS_EVENTHUB_NAME')}.db"),
-            name=settings.get("MLASSETS_EVENTHUB_NAME") or "digits",
-            partitions=int(settings.get("MLASSETS_EVENTHUB_PARTITIONS") or 4),
+            path=str(hub_file),
+            name=settings.eventhub_name(),
+            partitions=settings.eventhub_partitions(hub_file),
         ),
         "labels_db": _local_labels_db(),
         "training_compute": LocalHorovod(
-            workers=int(settings.get("MLASSETS_TRAINING_WORKERS") or 2),
-            threads_per_worker=int(settings.get("MLASSETS_TRAINING_THREADS") or 1),
+            workers=settings.training_workers(),
+            threads_per_worker=settings.training_threads(),
         ),
         "message_queue": _local_queue(),
         "data_factory": _local_data_factory(),
@@ -79,16 +80,16 @@ def _local_data_factory() -> LocalDataFactory:
 
 
 def _adf_timeout() -> float:
-    return float(settings.get("MLASSETS_ADF_TIMEOUT_SECONDS") or 3600)
+    return settings.adf_timeout_seconds()
 
 
 def _local_queue() -> EmbeddedQueue:
-    name = settings.get("MLASSETS_SERVICEBUS_QUEUE") or "mlassets-commands"
+    name = settings.servicebus_queue()
     return EmbeddedQueue(
         path=str(settings.data_dir() / "servicebus" / f"{name.replace('/', '_')}.db"),
         name=name,
-        lock_duration_seconds=float(settings.get("MLASSETS_SERVICEBUS_LOCK_SECONDS") or 60),
-        max_delivery_count=int(settings.get("MLASSETS_SERVICEBUS_MAX_DELIVERY_COUNT") or 10),
+        lock_duration_seconds=settings.servicebus_lock_seconds(),
+        max_delivery_count=settings.servicebus_max_delivery_count(),
     )
 
 
@@ -104,24 +105,24 @@ def azure_resources() -> dict[str, Any]:
     # Imported here: azure-batch is only needed when the deployment is Azure.
     from mlassets.roles.azure_batch import azure_batch_horovod_from_settings
 
-    settings.require_azure_settings()
+    settings.check("azure")  # every variable present and well-formed, or one line naming it
     return {
         "lake": LakeStorage(
             url=dg.EnvVar("MLASSETS_LAKE_URL"),
             connection_string=_env("MLASSETS_STORAGE_CONNECTION_STRING"),
         ),
         "event_hub": AzureEventHub(
-            eventhub_name=dg.EnvVar("MLASSETS_EVENTHUB_NAME"),
+            eventhub_name=settings.eventhub_name(),  # not a secret; has a default
             fully_qualified_namespace=_env("MLASSETS_EVENTHUB_NAMESPACE"),
             connection_string=_env("MLASSETS_EVENTHUB_CONNECTION_STRING"),
-            consumer_group=settings.get("MLASSETS_EVENTHUB_CONSUMER_GROUP") or "$Default",
+            consumer_group=settings.eventhub_consumer_group(),
         ),
         "labels_db": AzureSqlLabelsDatabase(
             url=dg.EnvVar("MLASSETS_LABELS_DB_URL"),
-            capture_instance=settings.get("MLASSETS_LABELS_CAPTURE_INSTANCE") or "dbo_labels",
+            capture_instance=settings.labels_capture_instance(),
         ),
         "message_queue": AzureServiceBusQueue(
-            queue=settings.get("MLASSETS_SERVICEBUS_QUEUE") or "mlassets-commands",
+            queue=settings.servicebus_queue(),
             fully_qualified_namespace=_env("MLASSETS_SERVICEBUS_NAMESPACE"),
             connection_string=_env("MLASSETS_SERVICEBUS_CONNECTION_STRING"),
         ),
@@ -132,8 +133,7 @@ def azure_resources() -> dict[str, Any]:
             factory_name=dg.EnvVar("MLASSETS_ADF_FACTORY_NAME"),
             lake_url=dg.EnvVar("MLASSETS_LAKE_URL"),
             sql_url=_env("MLASSETS_LABELS_DB_URL"),
-            arm_endpoint=settings.get("MLASSETS_ADF_ARM_ENDPOINT")
-            or "https://management.azure.com",
+            arm_endpoint=settings.adf_arm_endpoint(),
             default_timeout_seconds=_adf_timeout(),
         ),
         **policy_resources(),
@@ -142,6 +142,8 @@ def azure_resources() -> dict[str, Any]:
 
 def build_resources(deployment: settings.Deployment | None = None) -> dict[str, Any]:
     deployment = deployment or settings.deployment()
+    if deployment == "local":
+        settings.check("local")  # a bad setting fails loading with one line, not mid-run
     return azure_resources() if deployment == "azure" else local_resources()
 
 

@@ -158,22 +158,22 @@ def azure_batch_horovod_from_settings() -> AzureBatchHorovod:
     def env(name: str) -> dg.EnvVar | None:
         return dg.EnvVar(name) if os.environ.get(name) else None
 
-    def get(name: str, default: str) -> str:
-        return settings.get(name) or default
+    def get(name: str) -> str:  # required in azure mode (settings.AZURE_REQUIRED)
+        return settings.get(name) or ""
 
-    nodes = int(get("MLASSETS_BATCH_NODES", "2"))
-    gpus = int(get("MLASSETS_BATCH_GPUS_PER_NODE", "1"))
+    nodes = settings.batch_nodes()
+    gpus = settings.batch_gpus_per_node()
     return AzureBatchHorovod(
         workers=nodes * gpus,
-        batch_account_url=get("MLASSETS_BATCH_ACCOUNT_URL", ""),
+        batch_account_url=get("MLASSETS_BATCH_ACCOUNT_URL"),
         batch_account_key=env("MLASSETS_BATCH_ACCOUNT_KEY"),
-        pool_id=get("MLASSETS_BATCH_POOL_ID", "mlassets-gpu"),
-        vm_size=get("MLASSETS_BATCH_VM_SIZE", "Standard_NC4as_T4_v3"),
+        pool_id=settings.batch_pool_id(),
+        vm_size=settings.batch_vm_size(),
         nodes=nodes,
         gpus_per_node=gpus,
-        container_image=get("MLASSETS_BATCH_CONTAINER_IMAGE", ""),
+        container_image=get("MLASSETS_BATCH_CONTAINER_IMAGE"),
         identity_resource_id=settings.get("MLASSETS_BATCH_IDENTITY_RESOURCE_ID"),
-        storage_account_url=get("MLASSETS_PIPES_STORAGE_ACCOUNT_URL", ""),
-        storage_container=get("MLASSETS_PIPES_CONTAINER", "mlassets-batch"),
+        storage_account_url=get("MLASSETS_PIPES_STORAGE_ACCOUNT_URL"),
+        storage_container=settings.pipes_container(),
         storage_connection_string=env("MLASSETS_PIPES_STORAGE_CONNECTION_STRING"),
     )
