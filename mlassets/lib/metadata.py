@@ -327,6 +327,9 @@ class LabelsMetadata(TableMetadata):
     labels_per_class: dg.TableMetadataValue | None = field(
         default=None, metadata=recorded_as("table")
     )
+    #: Labelled samples per digit 0..9 whose stable split is train: what the dataset's
+    #: class_balance check counts once they have landed (the first model's trigger reads it).
+    train_labels_per_class: list[int] = field(default_factory=list, metadata=recorded_as("json"))
     seconds: float = field(default=0.0, metadata=recorded_as("float"))
     snapshot_run: Mapping[str, dg.MetadataValue] = field(
         default_factory=dict, metadata=recorded_as("extra")

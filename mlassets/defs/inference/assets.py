@@ -3,7 +3,10 @@ in the lake and exported to SQL by the Data Factory `export_predictions` pipelin
 
 The model is the one `approved_model` points at, nothing else: a model whose blocking
 accuracy check failed is never approved, so it never scores. Scoring follows each approval
-on its own (declarative automation); the `score` message and the UI start it by hand.
+and each landing on its own (declarative automation, `SCORING_CONDITION`); the `score`
+message and the UI start it by hand. Whatever starts it, the `scoring` pool runs one at a
+time and only samples without a label or a prediction from the model are scored, so no
+sample gets two predictions from one model.
 """
 
 import time
@@ -31,6 +34,31 @@ inference = lazy("mlassets.lib.inference")
 promotion = lazy("mlassets.lib.promotion")
 
 
+_APPROVAL = dg.AssetSelection.assets(approved_model)
+
+#: When the automation sensor scores: after a new approval (every unscored sample, for the new
+#: model) or a new landing of the hub or of a drop (its unlabelled samples, for the approved
+#: model). Like `eager()`, each update is handled once (since_last_handled) and never while a
+#: dep or a scoring is in progress, so a burst of landings ends in one scoring per sensor tick
+#: at most, and in one after it. Unlike `eager()`, only a missing approval holds it back: a
+#: drop partition that never imported (or none at all) must not stop the hub's events from
+#: being scored. A model whose test_accuracy check failed is never approved (approved_model
+#: waits for that blocking check), so it never scores; drops' blocking checks guard only
+#: their own run, since the rows they landed are already in the landed table.
+SCORING_CONDITION = (
+    (dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated())
+    .since_last_handled()
+    .with_label("a new approval or landing since the last scoring")
+    & ~dg.AutomationCondition.any_deps_missing()
+    .allow(_APPROVAL)
+    .with_label("no model approved yet")
+    & ~dg.AutomationCondition.any_deps_in_progress().with_label(
+        "an approval or landing in progress"
+    )
+    & ~dg.AutomationCondition.in_progress().with_label("a scoring queued or running")
+).with_label("score what is new with the approved model")
+
+
 @dg.asset(
     key=INFERENCE_OUTPUTS,
     deps=[approved_model, landed_events, incoming_events],
@@ -42,11 +70,7 @@ promotion = lazy("mlassets.lib.promotion")
     # One scoring at a time (dagster_home/dagster.yaml): the samples still to score are found,
     # then scored, so two at once would score the same samples twice.
     pool="scoring",
-    # Follows a new approval. Landings alone do not start a scoring here: that is the
-    # `score` message's (or a policy's) decision.
-    automation_condition=dg.AutomationCondition.eager().ignore(
-        dg.AssetSelection.assets(landed_events, incoming_events)
-    ),
+    automation_condition=SCORING_CONDITION,
 )
 def inference_outputs(
     context: dg.AssetExecutionContext, lake: LakeStorage, data_factory: DataFactoryResource

@@ -1,7 +1,11 @@
-"""`retraining_sensor`: retrain when the data says so, not on a timer.
+"""`retraining_sensor`: train when the data says so, not on a timer.
 
-Policies, each against the dataset the newest model was trained on (thresholds: the
-`retraining_policy` resource, RetrainingPolicy, from the MLASSETS_RETRAIN_* variables):
+The first model: once events have landed and every digit has at least the `quality`
+resource's min_class_rows labels in the train split (the rule of training_dataset's blocking
+class_balance check, counted by the labels asset), until then the skip reason names the
+digits that are short. Then policies, each against the dataset the newest model was
+trained on (thresholds: the `retraining_policy` resource, from the MLASSETS_RETRAIN_*
+variables):
 - new labels: the labels table grew by at least `new_labels_fraction`;
 - corrections: at least `corrections` label updates arrived by CDC;
 - drift: the pixel distribution of newly landed events moved away from the training split's
@@ -18,7 +22,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from mlassets.defs.quality import RetrainingPolicy
+from mlassets.defs.quality import QualityPolicy, RetrainingPolicy
 from mlassets.defs.training.model import train_model
 from mlassets.lib.lazy import lazy
 from mlassets.lib.metadata import (
@@ -43,13 +47,67 @@ ACTIVE = [
 ]
 
 
+def first_model(
+    instance: dg.DagsterInstance, quality: QualityPolicy, cursor: dict
+) -> tuple[str | None, str, dict]:
+    """Before any digit_classifier: ("first_model", reason, cursor) once the labelled data
+    passes the rules that guard training_dataset (events landed, labels synced, every digit
+    with at least `min_class_rows` labels in the train split); (None, what is missing,
+    cursor) until then. Metadata only: the labels asset counts its train-split labels.
+
+    A first training that failed anyway (labels for samples that had not landed yet) is
+    tried again only after new labels or a new landing, not on every tick.
+    """
+    landing = LandingMetadata.latest_recorded(instance)
+    drop = IncomingMetadata.latest_recorded(instance)
+    if landing is None and drop is None:
+        return None, "first model: no events have landed yet (landed_events)", cursor
+    labels = LabelsMetadata.latest_recorded(instance)
+    if labels is None or not labels.metadata.row_count:
+        return None, "first model: no labels synced yet (sync_labels)", cursor
+    counts = labels.metadata.train_labels_per_class
+    if len(counts) != 10:
+        missing = "first model: the newest labels materialization has no per-class counts"
+        return None, f"{missing}: materialize labels", cursor
+    threshold = max(quality.min_class_rows, 1)
+    short = {digit: n for digit, n in enumerate(counts) if n < threshold}
+    if short:
+        listed = ", ".join(f"{d} ({n})" for d, n in short.items())
+        return (
+            None,
+            f"first model: {labels.metadata.row_count:,} labels, but digits {listed} have "
+            f"fewer than {threshold} in the train split (MLASSETS_MIN_CLASS_ROWS)",
+            cursor,
+        )
+    inputs = [labels.storage_id, max(r.storage_id for r in (landing, drop) if r is not None)]
+    if cursor.get("first_model") == inputs:
+        return (
+            None,
+            "first model: the training requested for these labels and landings did not "
+            "produce a model (see the train_model run); waiting for new labels or events",
+            cursor,
+        )
+    return (
+        "first_model",
+        f"first model: {labels.metadata.row_count:,} labels, every class >= {threshold} rows "
+        f"in the train split (fewest: {min(counts)})",
+        {**cursor, "first_model": inputs},
+    )
+
+
 def evaluate(
-    instance: dg.DagsterInstance, lake: LakeStorage, policy: RetrainingPolicy, cursor: dict
+    instance: dg.DagsterInstance,
+    lake: LakeStorage,
+    policy: RetrainingPolicy,
+    cursor: dict,
+    quality: QualityPolicy | None = None,
 ) -> tuple[str | None, str | None, dict]:
     """(policy name, reason, new cursor); (None, why-not, cursor) when nothing fires."""
     model = ModelMetadata.latest(instance)
     if model is None:
-        return None, "no digit_classifier yet: the first one is trained on demand", cursor
+        if quality is None:
+            return None, "no digit_classifier yet", cursor
+        return first_model(instance, quality, cursor)
     dataset = DatasetMetadata.of_version(instance, model.dataset_version)
     if dataset is None:
         return None, "the newest model's dataset is not in the event log", cursor
@@ -105,11 +163,16 @@ def evaluate(
     job=train_model,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Requests train_model when new labels, label corrections or pixel drift say "
-    "the current model is stale; with a cooldown, never while training runs.",
+    description="Requests train_model for the first model once every digit has enough "
+    "labels, then when new labels, label corrections or pixel drift say the current model is "
+    "stale; with a cooldown, never while a training is queued or running. The skip reason "
+    "says why not.",
 )
 def retraining_sensor(
-    context: dg.SensorEvaluationContext, lake: LakeStorage, retraining_policy: RetrainingPolicy
+    context: dg.SensorEvaluationContext,
+    lake: LakeStorage,
+    retraining_policy: RetrainingPolicy,
+    quality: QualityPolicy,
 ) -> dg.SensorResult:
     cursor = json.loads(context.cursor) if context.cursor else {}
     policy = retraining_policy
@@ -128,7 +191,7 @@ def retraining_sensor(
                 skip_reason=f"cooldown: the last training started {age:.0f} min ago "
                 f"(cooldown {policy.cooldown_minutes:.0f} min)"
             )
-    fired, reason, cursor = evaluate(context.instance, lake, policy, cursor)
+    fired, reason, cursor = evaluate(context.instance, lake, policy, cursor, quality)
     if fired is None:
         return dg.SensorResult(skip_reason=reason, cursor=json.dumps(cursor))
     return dg.SensorResult(

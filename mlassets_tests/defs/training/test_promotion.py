@@ -221,13 +221,32 @@ def test_scoring_follows_an_approval(defs, instance):
     report(instance, ApprovalMetadata(model_version="20261101T000000-aaaa", test_accuracy=0.95))
     after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
     assert after.get_num_requested(INFERENCE_OUTPUTS) == 1
-    # Once: the next tick requests nothing more, and a landing alone starts no scoring (the
-    # `score` message, or a policy, decides that).
+    # Once: the next tick requests nothing more.
     settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=after.cursor)
     assert settled.get_num_requested(INFERENCE_OUTPUTS) == 0
+
+
+def test_before_any_approval_a_landing_starts_no_scoring(defs, instance):
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="landed_events"))
-    landed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
+    landed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
     assert landed.get_num_requested(INFERENCE_OUTPUTS) == 0
+
+
+def test_with_an_approved_model_each_burst_of_landings_is_scored_once(defs, instance):
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    report(instance, ApprovalMetadata(model_version="20261101T000000-aaaa", test_accuracy=0.95))
+    approved = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    assert approved.get_num_requested(INFERENCE_OUTPUTS) == 1
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="inference_outputs"))
+    scored = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=approved.cursor)
+    assert scored.get_num_requested(INFERENCE_OUTPUTS) == 0
+    for _ in range(3):  # three landings between two ticks: one scoring
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="landed_events"))
+    landed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=scored.cursor)
+    assert landed.get_num_requested(INFERENCE_OUTPUTS) == 1
+    settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=landed.cursor)
+    assert settled.get_num_requested(INFERENCE_OUTPUTS) == 0  # never twice for one landing
 
 
 def test_the_automation_sensor_runs_from_the_start_and_the_jobs_hold_approval(defs):
