@@ -9,7 +9,10 @@ Each tick receives up to MAX_MESSAGES_PER_TICK messages in peek-lock and, per me
   tick and hold up the messages received with it;
 - valid, and a run with its run key (the message id) already exists: completed;
 - valid, no run yet: a RunRequest with run_key = message id, and the message is left
-  locked, not settled.
+  locked, not settled;
+- a retrain command while a train_model run is queued (not started): completed without a
+  run, since that training reads the labels when it starts (`queued_training`); a second
+  retrain command in one tick waits, locked, for the first one's run.
 
 A RunRequest becomes a run only after the tick, so a message is never completed in the tick
 that requests its run: it is completed in a later tick that finds the run. Until then its
@@ -116,6 +119,22 @@ def run_requests_for(
     return requests
 
 
+def queued_training(instance: dg.DagsterInstance) -> str | None:
+    """A train_model run that is queued and has not started, or None. It builds its dataset
+    when it starts, so it already answers a retrain command received now: queueing a second
+    one would train twice on the same labels. A training that has started is different
+    (its dataset may predate the command): then the command's run queues behind it, and the
+    training pool runs them one after the other, so at most one waits behind one running."""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(
+            job_name=RETRAIN_JOB,
+            statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED],
+        ),
+        limit=1,
+    )
+    return runs[0].run_id if runs else None
+
+
 def runs_exist(instance: dg.DagsterInstance, run_keys: Sequence[str], sensor_name: str) -> set[str]:
     """The run keys that have a run from this sensor (what Dagster dedupes RunRequests on).
 
@@ -186,6 +205,21 @@ def build_servicebus_sensor(
                     continue
                 existing = runs_exist(context.instance, [r.run_key for r in wanted], name)
                 pending = [r for r in wanted if r.run_key not in existing]
+                if any(r.job_name == RETRAIN_JOB for r in pending):
+                    if any(r.job_name == RETRAIN_JOB for r in requests):
+                        # This tick asks for a training already: no second one. The message
+                        # stays locked; redelivered, it joins that run once it exists.
+                        pending = [r for r in pending if r.job_name != RETRAIN_JOB]
+                        outcome["held behind a training requested now"] += 1
+                        if not pending:
+                            continue
+                    elif queued := queued_training(context.instance):
+                        pending = [r for r in pending if r.job_name != RETRAIN_JOB]
+                        outcome["joined a queued training"] += 1
+                        context.log.info(
+                            f"message {message.message_id!r}: train_model run {queued} is "
+                            "queued and builds its dataset when it starts: no second training"
+                        )
                 if pending:
                     # Not settled: the run does not exist yet. The lock is kept until it
                     # expires, then the message comes back and is completed (see above).

@@ -119,6 +119,29 @@ def test_retrain_command_requests_train_model_with_its_reason(resources, queue, 
     assert (counts.active, counts.locked, counts.dead_letter) == (1, 1, 0)
 
 
+def test_a_retrain_command_while_a_training_is_queued_joins_it(resources, queue, instance):
+    queue.send_json({"type": "retrain", "reason": "first"})
+    launch(instance, tick(resources, instance).run_requests)  # queued, not started
+    expire_locks()
+    queue.send_json({"type": "retrain", "reason": "second"})
+    data = tick(resources, instance)
+    assert not data.run_requests  # no second training behind a queued one
+    assert "joined a queued training" in data.skip_message
+    assert len(instance.get_runs(filters=dg.RunsFilter(job_name="train_model"))) == 1
+    assert queue.counts().active == 0  # both completed: the queued run answers both
+
+
+def test_two_retrain_commands_in_one_tick_ask_for_one_training(resources, queue, instance):
+    queue.send_json({"type": "retrain", "reason": "a"})
+    queue.send_json({"type": "retrain", "reason": "b"})
+    (request,) = tick(resources, instance).run_requests
+    assert request.tags["mlassets/retrain-reason"] == "a"
+    launch(instance, [request])
+    expire_locks()
+    assert not tick(resources, instance).run_requests  # b joins a's queued run
+    assert queue.counts().active == 0
+
+
 def test_score_command_requests_score_events(resources, queue, instance):
     mid = queue.send_json({"type": "score"})
     (request,) = tick(resources, instance).run_requests
