@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
+import time
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
@@ -35,6 +37,9 @@ pq = lazy("pyarrow.parquet")
 if TYPE_CHECKING:
     import fsspec
     import pyarrow as pa
+
+#: A local write's temporary file: `<target>.<uuid4 hex>.tmp`.
+_TEMP_NAME = re.compile(r".+\.[0-9a-f]{32}\.tmp")
 
 
 @dataclass(frozen=True)
@@ -172,8 +177,13 @@ class LakeStorage(dg.ConfigurableResource):
                 if os.path.exists(tmp):
                     os.remove(tmp)
         else:
-            with self.fs.open(target, "wb") as f:
-                pq.write_table(table, f, **kwargs)
+            # Whole in memory, then one upload: a failed write commits nothing (a streamed
+            # upload would commit its partial blocks on close). A range file is a few MB.
+            buffer = pa.BufferOutputStream()
+            pq.write_table(table, buffer, **kwargs)
+            data = buffer.getvalue().to_pybytes()
+            self.fs.pipe_file(target, data)
+            return len(data)
         return self.size(relative)
 
     def write_bytes(self, relative: str, data: bytes) -> None:
@@ -195,6 +205,60 @@ class LakeStorage(dg.ConfigurableResource):
 
     def read_bytes(self, relative: str) -> bytes:
         return self.fs.cat_file(self.path(relative))
+
+    def create_exclusive(self, relative: str, data: bytes) -> bool:
+        """Create a small file only when nothing exists at `relative`; False when something
+        did. The one atomic decision that writers in any processes share without a lock.
+
+        Blob: an upload with `If-None-Match: *`. Local: the bytes go to a temporary file
+        (fsynced) that is hard-linked to the name, which fails when the name is taken; the
+        file appears whole or not at all.
+        """
+        target = self.path(relative)
+        if not self.is_local:
+            try:
+                self.fs.pipe_file(target, data, overwrite=False)
+            except FileExistsError:
+                return False
+            return True
+        os.makedirs(posixpath.dirname(target), exist_ok=True)
+        tmp = f"{target}.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, target)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def sweep_temp_files(self, prefix: str, older_than_seconds: float) -> list[str]:
+        """Remove the temporary files that interrupted local writes left under `prefix`
+        (`<name>.<uuid>.tmp`, which no listing by extension matches); returns them.
+
+        Only those older than `older_than_seconds`, so a write still in flight keeps its
+        own. Blob writes are single uploads that commit whole or not at all: they leave none.
+        """
+        if not self.is_local:
+            return []
+        cutoff = time.time() - older_than_seconds
+        removed: list[str] = []
+        for folder, _, names in os.walk(self.path(prefix)):
+            for name in names:
+                if not _TEMP_NAME.fullmatch(name):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    if os.stat(path).st_mtime < cutoff:
+                        os.remove(path)
+                        removed.append(self.relative(path))
+                except FileNotFoundError:  # its writer finished, or another sweep won
+                    continue
+        return sorted(removed)
 
     def read_parquet(
         self,

@@ -1,15 +1,22 @@
-"""Landing ranges exactly once: the file name is the range, the lake listing is the record."""
+"""Landing ranges exactly once: files named by their range, a chain of claims in the lake."""
+
+import json
+import os
+import threading
+import time
 
 import pytest
 
 from mlassets.lib.landing import (
     EventRange,
-    backlog,
+    claim_path,
     gaps,
+    land,
     land_range,
     landed_ranges,
-    resolve,
+    read_chain,
     split,
+    try_claim,
 )
 from mlassets.roles.storage import LakeStorage
 from mlassets.simulate import make_events
@@ -36,29 +43,21 @@ def only_partition(hub) -> str:
     return next(p.partition_id for p in hub.all_partition_properties() if not p.is_empty)
 
 
+def landed_files(lake) -> list[str]:
+    return lake.glob("landed/events/*/*.parquet")
+
+
+def landed_sequence_numbers(lake) -> list[int]:
+    return sorted(lake.read_parquet(landed_files(lake))["sequence_number"].to_pylist())
+
+
 def test_a_range_lands_as_one_file_named_by_the_range(hub, lake):
     publish(hub, 100)
     p = only_partition(hub)
     result = land_range(hub, lake, EventRange(p, 0, 49))
     assert result.landed_rows == 50
-    assert lake.glob("landed/events/*/*.parquet") == [
-        f"landed/events/partition={p}/seq=0-49.parquet"
-    ]
-    assert lake.read_parquet(f"landed/events/partition={p}/seq=0-49.parquet")[
-        "sequence_number"
-    ].to_pylist() == list(range(50))
-
-
-def test_landing_the_same_range_twice_rewrites_the_same_file_and_duplicates_nothing(hub, lake):
-    publish(hub, 100, malformed=5)
-    p = only_partition(hub)
-    first = land_range(hub, lake, EventRange(p, 0, 99))
-    again = land_range(hub, lake, EventRange(p, 0, 99), rewrite=True)
-    files = lake.glob("landed/events/*/*.parquet")
-    assert len(files) == 1
-    table = lake.read_parquet(files)
-    assert table.num_rows == first.landed_rows == again.landed_rows == 95
-    assert lake.read_parquet(lake.glob("quarantine/events/*/*.parquet")).num_rows == 5
+    assert landed_files(lake) == [f"landed/events/partition={p}/seq=0-49.parquet"]
+    assert landed_sequence_numbers(lake) == list(range(50))
 
 
 def test_quarantined_events_keep_body_and_reason_beside_the_landed_file(hub, lake):
@@ -75,7 +74,7 @@ def test_a_range_of_only_bad_events_still_writes_an_empty_landed_file(hub, lake)
     p = only_partition(hub)
     result = land_range(hub, lake, EventRange(p, 0, 2))
     assert result.landed_rows == 0 and result.quarantined_rows == 3
-    assert landed_ranges(lake)[p] == [EventRange(p, 0, 2)]  # the watermark moved
+    assert landed_ranges(lake)[p] == [EventRange(p, 0, 2)]  # the claim is done
 
 
 def test_expired_events_are_counted_not_waited_for(hub, lake):
@@ -86,12 +85,183 @@ def test_expired_events_are_counted_not_waited_for(hub, lake):
     assert result.read_events == 15 and result.expired == 5
 
 
-def test_resolve_rewrites_an_exact_range_and_clips_an_overlapping_one():
-    landed = [EventRange("0", 0, 99), EventRange("0", 100, 199)]
-    assert resolve(EventRange("0", 100, 199), landed) == EventRange("0", 100, 199)
-    assert resolve(EventRange("0", 150, 300), landed) == EventRange("0", 200, 300)
-    assert resolve(EventRange("0", 0, 150), landed) is None
-    assert resolve(EventRange("1", 0, 9), []) == EventRange("1", 0, 9)
+def test_landing_everything_claims_a_chain_of_capped_ranges_from_zero(hub, lake):
+    publish(hub, 30)
+    p = only_partition(hub)
+    results = land(hub, lake, max_size=8)
+    assert [r.range for r in results] == split(p, 0, 29, 8)
+    assert [c.range for c in read_chain(lake, p).claims] == split(p, 0, 29, 8)
+    assert all(c.done for c in read_chain(lake, p).claims)
+    assert landed_sequence_numbers(lake) == list(range(30))
+
+
+def test_landing_again_lands_nothing_and_new_events_land_after_the_chain(hub, lake):
+    publish(hub, 30)
+    p = only_partition(hub)
+    land(hub, lake, max_size=100)
+    assert land(hub, lake, max_size=100) == []
+    publish(hub, 5, seed=1)
+    assert [r.range for r in land(hub, lake, max_size=100)] == [EventRange(p, 30, 34)]
+    assert landed_sequence_numbers(lake) == list(range(35))
+
+
+def test_requests_with_different_boundaries_never_land_an_event_twice(hub, lake):
+    publish(hub, 100)
+    p = only_partition(hub)
+    land(hub, lake, [EventRange(p, 0, 49)], max_size=1000)
+    land(hub, lake, [EventRange(p, 0, 99)], max_size=1000)  # the sensor's and a person's
+    land(hub, lake, [EventRange(p, 20, 60)], max_size=1000)
+    assert landed_files(lake) == [
+        f"landed/events/partition={p}/seq=0-49.parquet",
+        f"landed/events/partition={p}/seq=50-99.parquet",
+    ]
+    assert landed_sequence_numbers(lake) == list(range(100))
+
+
+def test_a_duplicate_request_of_a_landed_range_writes_nothing(hub, lake):
+    publish(hub, 100)
+    p = only_partition(hub)
+    land(hub, lake, [EventRange(p, 0, 9)], max_size=1000)
+    mtime = os.stat(lake.path(f"landed/events/partition={p}/seq=0-9.parquet")).st_mtime_ns
+    assert land(hub, lake, [EventRange(p, 0, 9)], max_size=1000) == []
+    # Never rewritten: a rewrite after the hub's retention expired part of it would lose rows.
+    assert os.stat(lake.path(f"landed/events/partition={p}/seq=0-9.parquet")).st_mtime_ns == mtime
+
+
+def test_a_request_past_the_chain_brings_the_unclaimed_stretch_before_it(hub, lake):
+    publish(hub, 100)
+    p = only_partition(hub)
+    results = land(hub, lake, [EventRange(p, 60, 79)], max_size=1000)
+    assert [r.range for r in results] == [EventRange(p, 0, 59), EventRange(p, 60, 79)]
+    assert landed_sequence_numbers(lake) == list(range(80))
+
+
+def test_claims_never_reach_past_the_last_published_event(hub, lake):
+    publish(hub, 10)
+    p = only_partition(hub)
+    land(hub, lake, [EventRange(p, 0, 99)], max_size=1000)
+    assert read_chain(lake, p).head == 9
+    publish(hub, 10, seed=1)
+    land(hub, lake, [EventRange(p, 0, 99)], max_size=1000)
+    assert landed_sequence_numbers(lake) == list(range(20))
+
+
+def test_events_expired_before_the_first_landing_cost_one_claim_and_are_counted(hub, lake):
+    publish(hub, 50)
+    p = only_partition(hub)
+    hub.log.expire_before(p, 40)
+    results = land(hub, lake, max_size=5)
+    assert [r.range for r in results] == [EventRange(p, 0, 44), EventRange(p, 45, 49)]
+    assert [r.expired for r in results] == [40, 0]
+    assert landed_sequence_numbers(lake) == list(range(40, 50))
+
+
+def test_a_run_that_loses_a_claim_moves_on_after_the_winners_range(hub, lake):
+    publish(hub, 100)
+    p = only_partition(hub)
+    assert try_claim(lake, EventRange(p, 0, 29), "other run") == (EventRange(p, 0, 29), True)
+    assert try_claim(lake, EventRange(p, 0, 99), "this run") == (EventRange(p, 0, 29), False)
+    record = json.loads(lake.read_bytes(claim_path(p, 0)))
+    assert (record["last"], record["owner"]) == (29, "other run")  # the first claim stands
+
+
+def test_a_claim_left_without_its_file_is_finished_by_the_next_run(hub, lake):
+    publish(hub, 100, malformed=10)
+    p = only_partition(hub)
+    try_claim(lake, EventRange(p, 0, 29), "a run that was killed")
+    results = land(hub, lake, max_size=1000)
+    assert [(r.range, r.rewrite) for r in results] == [
+        (EventRange(p, 0, 29), True),
+        (EventRange(p, 30, 99), False),
+    ]
+    assert landed_sequence_numbers(lake) == [
+        s for s in range(100) if s not in set(quarantined_sequence_numbers(lake))
+    ]
+    assert len(quarantined_sequence_numbers(lake)) == 10
+
+
+def quarantined_sequence_numbers(lake) -> list[int]:
+    return lake.read_parquet(lake.glob("quarantine/events/*/*.parquet"))[
+        "sequence_number"
+    ].to_pylist()
+
+
+def test_the_quarantine_is_written_before_the_landed_file_that_marks_a_claim_done(
+    hub, lake, monkeypatch
+):
+    publish(hub, 50, malformed=5)
+    p = only_partition(hub)
+    original = LakeStorage.write_parquet
+
+    def fail_on_landed(self, relative, table, **kwargs):
+        if relative.startswith("landed/"):
+            raise OSError("disk full")
+        return original(self, relative, table, **kwargs)
+
+    monkeypatch.setattr(LakeStorage, "write_parquet", fail_on_landed)
+    with pytest.raises(OSError):
+        land(hub, lake, max_size=1000)
+    assert lake.glob("quarantine/events/*/*.parquet") and not landed_files(lake)
+    monkeypatch.undo()
+    land(hub, lake, max_size=1000)
+    assert len(landed_sequence_numbers(lake)) + len(quarantined_sequence_numbers(lake)) == 50
+
+
+def test_a_lake_landed_before_claims_is_adopted_not_landed_again(hub, lake):
+    publish(hub, 100)
+    p = only_partition(hub)
+    land_range(hub, lake, EventRange(p, 0, 39))  # written as an earlier version did
+    land_range(hub, lake, EventRange(p, 0, 19))  # even its overlaps stay as they are
+    results = land(hub, lake, max_size=1000)
+    assert [r.range for r in results] == [EventRange(p, 40, 99)]
+    assert read_chain(lake, p).head == 99
+
+
+def test_stray_temporary_files_are_never_listed_and_swept_once_old(hub, lake):
+    publish(hub, 20)
+    p = only_partition(hub)
+    folder = lake.path(f"landed/events/partition={p}")
+    os.makedirs(folder)
+    old = f"{folder}/seq=0-19.parquet.{'a' * 32}.tmp"
+    young = f"{folder}/seq=0-19.parquet.{'b' * 32}.tmp"
+    for path in (old, young):
+        with open(path, "wb") as f:
+            f.write(b"PAR1 half a file")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    assert landed_ranges(lake) == {}
+    land(hub, lake, max_size=1000)
+    assert not os.path.exists(old)
+    assert os.path.exists(young)  # perhaps a concurrent write still in flight
+    assert landed_files(lake) == [f"landed/events/partition={p}/seq=0-19.parquet"]
+
+
+def test_many_runs_at_once_with_different_boundaries_land_each_event_once(hub, lake):
+    publish(hub, 400)
+    p = only_partition(hub)
+    requests = [None, [EventRange(p, 0, 399)], [EventRange(p, 100, 250)], None, None]
+    sizes = [7, 50, 13, 100, 31]
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            land(hub, LakeStorage(url=lake.url), requests[i], max_size=sizes[i])
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert landed_sequence_numbers(lake) == list(range(400))
+    ranges = landed_ranges(lake)[p]
+    assert gaps(ranges) == [] and sum(r.size for r in ranges) == 400
+
+
+def test_a_request_for_a_partition_the_hub_lacks_is_refused_by_name(hub, lake):
+    with pytest.raises(ValueError, match="partition '7' is not one of the hub's"):
+        land(hub, lake, [EventRange("7", 0, 9)], max_size=10)
 
 
 def test_split_caps_range_size():
@@ -101,17 +271,6 @@ def test_split_caps_range_size():
         EventRange("0", 20, 24),
     ]
     assert split("0", 5, 4, 10) == []
-
-
-def test_backlog_starts_after_each_partitions_watermark(hub, lake):
-    publish(hub, 30)
-    p = only_partition(hub)
-    land_range(hub, lake, EventRange(p, 0, 9))
-    assert backlog(hub, landed_ranges(lake), max_size=8) == [
-        EventRange(p, 10, 17),
-        EventRange(p, 18, 25),
-        EventRange(p, 26, 29),
-    ]
 
 
 def test_gaps_between_landed_ranges_are_reported():

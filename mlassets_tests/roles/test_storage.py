@@ -114,3 +114,52 @@ def test_delta_options_come_from_the_connection_string():
         "allow_http": "true",
     }
     assert parse_connection_string("A=1;B=x=y;")["B"] == "x=y"
+
+
+@pytest.mark.azurite
+def test_an_exclusive_create_succeeds_once_and_keeps_the_first_content(lake):
+    assert lake.create_exclusive("claims/seq=0.json", b"first") is True
+    assert lake.create_exclusive("claims/seq=0.json", b"second") is False
+    assert lake.read_bytes("claims/seq=0.json") == b"first"
+    assert lake.glob("claims/*") == ["claims/seq=0.json"]  # no temporary file left
+
+
+@pytest.mark.azurite
+def test_of_many_writers_creating_one_name_at_once_exactly_one_wins(lake):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(lambda i: lake.create_exclusive("c.json", b"%d" % i), range(16)))
+    assert won.count(True) == 1
+    assert lake.read_bytes("c.json") == b"%d" % won.index(True)
+
+
+@pytest.mark.azurite
+def test_a_failed_write_leaves_no_file_on_either(lake, monkeypatch):
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("pyarrow.parquet.write_table", explode)
+    with pytest.raises(OSError):
+        lake.write_parquet("zone/f.parquet", TABLE)
+    monkeypatch.undo()
+    assert not lake.exists("zone/f.parquet")
+
+
+def test_temporary_files_of_interrupted_writes_are_swept_only_once_old(tmp_path):
+    import os
+    import time
+
+    lake = LakeStorage(url=f"file://{tmp_path}/lake")
+    lake.write_parquet("zone/p=0/f.parquet", TABLE)
+    folder = tmp_path / "lake" / "zone" / "p=0"
+    old, young = folder / f"f.parquet.{'1' * 32}.tmp", folder / f"f.parquet.{'2' * 32}.tmp"
+    old.write_bytes(b"half")
+    young.write_bytes(b"half")
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    assert lake.glob("zone/*/*.parquet") == ["zone/p=0/f.parquet"]
+    assert lake.sweep_temp_files("zone", older_than_seconds=60) == [
+        f"zone/p=0/f.parquet.{'1' * 32}.tmp"
+    ]
+    assert not old.exists() and young.exists()
+    assert lake.read_parquet("zone/p=0/f.parquet").equals(TABLE)

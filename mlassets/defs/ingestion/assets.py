@@ -117,8 +117,8 @@ class LandingConfig(dg.Config):
     f"range) under `{LANDED_PREFIX}/`; refused events go to `{QUARANTINE_PREFIX}/` with a reason.",
     kinds={"parquet", "azure"},
     tags={"mlassets/role": "lake"},
-    # One landing at a time, hub or drop (dagster_home/dagster.yaml): ranges are resolved
-    # against what has landed.
+    # One landing at a time, hub or drop (dagster_home/dagster.yaml): a courtesy that
+    # saves duplicated work; exactly once comes from the claims in the lake (lib/landing).
     pool="landing",
 )
 def landed_events(
@@ -127,45 +127,22 @@ def landed_events(
     event_hub: EventHubResource,
     lake: LakeStorage,
 ) -> dg.MaterializeResult:
-    from mlassets.lib.landing import (
-        EventRange,
-        backlog,
-        land_range,
-        landed_ranges,
-        resolve,
-        watermarks,
-    )
+    from mlassets.lib.landing import EventRange, land, landed_ranges, watermarks
 
+    results = land(
+        event_hub,
+        lake,
+        [EventRange(r.partition_id, r.first, r.last) for r in config.ranges] or None,
+        max_size=settings.max_range_events(),
+        run_id=context.run_id,
+        log=context.log.info,
+    )
     landed = landed_ranges(lake)
-    if config.ranges:
-        requested = [EventRange(r.partition_id, r.first, r.last) for r in config.ranges]
-    else:
-        requested = backlog(event_hub, landed, settings.max_range_events())
-    results: list[LandingResult] = []
-    for want in requested:
-        todo = resolve(want, landed.get(want.partition_id, []))
-        if todo is None:
-            context.log.info(
-                f"partition {want.partition_id} {want.first}..{want.last}: already landed"
-            )
-            continue
-        rewrite = todo in landed.get(want.partition_id, [])
-        result = land_range(event_hub, lake, todo, rewrite=rewrite, run_id=context.run_id)
-        if not rewrite:
-            landed.setdefault(todo.partition_id, []).append(todo)
-        results.append(result)
-        context.log.info(
-            f"partition {todo.partition_id} seq {todo.first}..{todo.last}: "
-            f"{result.landed_rows} landed, {result.quarantined_rows} quarantined"
-            f"{', rewritten' if rewrite else ''}"
-            f"{f', {result.expired} expired from the hub' if result.expired else ''}"
-            f" ({result.read_events / max(result.seconds, 1e-9):,.0f} events/s)"
-        )
     return dg.MaterializeResult(
         metadata=landing_metadata(
             results,
             lake,
-            # Rewrites replace a file with the same range: they add no rows.
+            # A rewrite finishes another run's claim: its rows may be counted already.
             landed_table_rows(
                 context.instance, lake, sum(r.landed_rows for r in results if not r.rewrite)
             ),
