@@ -43,6 +43,13 @@ def test_asking_for_more_malformed_than_events_is_a_clear_error(data_dir):
     assert "--malformed (9) cannot exceed --count (5)" in result.stderr
 
 
+def test_the_demo_refuses_more_malformed_than_events_before_it_starts(data_dir):
+    result = mlassets("demo", "--events", "5", "--malformed", "9", check=False)
+    assert result.returncode == 2
+    assert result.stderr == "error: --malformed (9) cannot exceed --events (5)\n"
+    assert not (data_dir / "eventhub").exists()
+
+
 def test_in_azure_mode_a_missing_setting_is_named(monkeypatch):
     monkeypatch.setenv("MLASSETS_DEPLOYMENT", "azure")
     result = mlassets("hub", check=False)
