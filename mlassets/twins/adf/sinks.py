@@ -367,7 +367,9 @@ def _python_values(column: pa.ChunkedArray, dialect: str) -> list:
                 pc.cast(arr, pa.timestamp(arr.type.unit, tz="UTC")), pa.timestamp(arr.type.unit)
             )
         if dialect == "sqlite":  # SQLAlchemy's SQLite DATETIME storage format
-            return pc.strftime(arr, "%Y-%m-%d %H:%M:%S.%f").to_pylist()
+            # Arrow's %S already carries the fraction in the array's unit: microseconds here.
+            arr = pc.cast(arr, pa.timestamp("us"))
+            return pc.strftime(arr, "%Y-%m-%d %H:%M:%S").to_pylist()
     return arr.to_pylist()
 
 

@@ -281,7 +281,7 @@ def test_export_predictions_creates_the_table_and_upserts_by_key(lake, db_url):
         rows = conn.execute(sa.text("SELECT COUNT(*), MIN(predicted_label) FROM predictions")).one()
         stamp = conn.execute(sa.text("SELECT scored_at FROM predictions LIMIT 1")).scalar()
     assert tuple(rows) == (500, 9)
-    assert stamp.startswith("2026-01-05 00:00:00")
+    assert stamp == "2026-01-05 00:00:00.000000"  # SQLAlchemy's SQLite DATETIME format
     sql.dispose()
 
 
