@@ -2,6 +2,7 @@
 in the SQL `predictions` table, predicted by a model that passed its accuracy check."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -57,6 +58,29 @@ def test_the_demo_command_runs_the_whole_graph_and_summarizes_it(demo):
     assert "events published    5,000" in out
     assert "rows landed         4,975 (25 quarantined)" in out
     assert "Horovod workers" in out and "make ui" in out
+
+
+@pytest.mark.slow
+def test_the_demo_says_what_each_step_did_in_one_line_and_keeps_the_event_log_in_a_file(demo):
+    result, data, _ = demo
+    out = result.stdout
+    before_summary = out.split("mlassets demo succeeded")[0]
+    steps = [line.split()[1] for line in before_summary.splitlines() if line.startswith("   ")]
+    # one line per finished step: each asset once, each check's own step under its asset
+    assert steps.count("landed_events") == 3  # the asset and its two checks
+    assert {"cdc_deltas", "labels", "training_dataset", "digit_classifier"} <= set(steps)
+    assert {"approved_model", "inference_outputs"} <= set(steps)
+    assert re.search(r"landed_events +4,975 rows landed, 25 quarantined", out)
+    assert re.search(r"labels +first load: [\d,]+ labels at Delta version \d+", out)
+    assert re.search(r"digit_classifier +test accuracy 0\.9\d+ \(2 workers, \d+ epochs", out)
+    assert re.search(r"digit_classifier +check test_accuracy passed", out)
+    assert re.search(r"inference_outputs +[\d,]+ rows scored", out)
+    assert len(before_summary.splitlines()) < 30
+    # Dagster's event log is not on the terminal but in the file the summary names
+    assert "DEBUG" not in out + result.stderr and "STEP_START" not in out + result.stderr
+    (log,) = (data / "logs").glob("demo-*.log")
+    assert f"full log            {log}" in out
+    assert "STEP_SUCCESS" in log.read_text()
 
 
 @pytest.mark.slow
@@ -126,3 +150,65 @@ def test_each_table_records_its_columns_and_its_own_row_count_not_the_runs(demo)
     assert [(d.asset_key, d.column_name) for d in label_deps] == [(LABELS, "label")]
     predicted = {d.asset_key for d in scoring.column_lineage.deps_by_column["predicted_class"]}
     assert LANDED_EVENTS in predicted and len(predicted) == 2  # the pixels, through a model
+
+
+def _toy_run(lines: list[str]) -> dg.ExecuteInProcessResult:
+    """A landing with a check, a dataset that fails, and a step it leaves skipped."""
+    from mlassets.demo import with_step_lines
+
+    @dg.asset(key=LANDED_EVENTS)
+    def landed() -> dg.MaterializeResult:
+        return dg.MaterializeResult(
+            metadata=LandingMetadata(landed_rows=1_975, quarantined_rows=25).to_metadata()
+        )
+
+    @dg.asset_check(asset=LANDED_EVENTS)
+    def quarantine_ratio() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=True)
+
+    @dg.asset(key="training_dataset", deps=[LANDED_EVENTS])
+    def dataset() -> None:
+        raise dg.Failure(description="no labels yet: materialize cdc_deltas and labels first")
+
+    @dg.asset(deps=["training_dataset"])
+    def downstream() -> None: ...
+
+    job = dg.define_asset_job("toy").resolve(
+        asset_graph=dg.Definitions(
+            assets=[landed, dataset, downstream], asset_checks=[quarantine_ratio]
+        ).resolve_asset_graph()
+    )
+    job, run_config = with_step_lines(job, lines.append)
+    return job.execute_in_process(
+        run_config=run_config, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
+    )
+
+
+def test_each_finished_step_is_one_line_with_its_headline_figure_or_why_it_failed():
+    lines: list[str] = []
+    assert not _toy_run(lines).success
+    shown = [" ".join(line.split()[1:]) for line in lines]
+    assert shown == [
+        "landed_events 1,975 rows landed, 25 quarantined",
+        "landed_events check quarantine_ratio passed",
+        "training_dataset FAILED: no labels yet: materialize cdc_deltas and labels first",
+        "downstream error: Dependencies for step downstream failed: ['training_dataset']. "
+        "Not executing.",
+    ]
+    assert all(re.match(r" +\d+s  ", line) for line in lines)  # seconds since the run began
+
+
+def test_while_the_run_goes_to_a_file_children_write_there_and_the_echo_reaches_the_terminal(
+    tmp_path, capfd
+):
+    from mlassets.demo import output_to
+
+    log = tmp_path / "logs" / "demo.log"
+    with output_to(log) as terminal:
+        os.write(1, b"from this process\n")
+        subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('from a child')"])
+        terminal("one line per step")
+    print("after")
+    out, err = capfd.readouterr()
+    assert out == "one line per step\nafter\n" and err == ""
+    assert log.read_text() == "from this process\nfrom a child"

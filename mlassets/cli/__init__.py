@@ -206,15 +206,16 @@ def hub_info(as_json: bool) -> None:
     help="e.g. 50, to see the quarantine",
 )
 @click.option("--seed", type=int, default=None, help="for a repeatable demo")
-def demo(count: int, malformed: int, seed: int | None) -> None:
-    """The whole graph: publish events and labels, then land, sync, train, score, export."""
+@click.option("--verbose", is_flag=True, help="Dagster's whole event log on the terminal")
+def demo(count: int, malformed: int, seed: int | None, verbose: bool) -> None:
+    """The whole graph: publish events and labels, then land, sync, train, score, export.
+    One line per step as it finishes, then a summary."""
     from mlassets.demo import run_demo
 
+    if malformed > count:
+        _fail(f"--malformed ({malformed}) cannot exceed --events ({count})")
     os.environ.setdefault("DAGSTER_HOME", str(settings.PROJECT_ROOT / "dagster_home"))
-    try:
-        summary = run_demo(count, malformed, seed)
-    except settings.MissingSettingError as exc:
-        _fail(str(exc))
+    summary = run_demo(count, malformed, seed, verbose=verbose, echo=click.echo)
     click.echo(summary.render())
     if not summary.success:
         sys.exit(1)
