@@ -190,7 +190,6 @@ def test_the_quarantine_is_written_before_the_landed_file_that_marks_a_claim_don
     hub, lake, monkeypatch
 ):
     publish(hub, 50, malformed=5)
-    p = only_partition(hub)
     original = LakeStorage.write_parquet
 
     def fail_on_landed(self, relative, table, **kwargs):
@@ -245,7 +244,7 @@ def test_many_runs_at_once_with_different_boundaries_land_each_event_once(hub, l
     def run(i: int) -> None:
         try:
             land(hub, LakeStorage(url=lake.url), requests[i], max_size=sizes[i])
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
