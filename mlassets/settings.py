@@ -45,9 +45,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "MLASSETS_STORAGE_CONNECTION_STRING",
-        "storage account connection string (Azurite, dev); unset: DefaultAzureCredential",
+        "storage account connection string of an `abfs://` lake (Azurite, dev); unset: "
+        "DefaultAzureCredential",
         secret=True,
-        scope="azure",
     ),
     Setting(
         "MLASSETS_EVENTHUB_NAMESPACE",

@@ -48,11 +48,19 @@ def labels_database_class(url: str) -> type[LabelsDatabase]:
     )
 
 
+def _lake_connection_string() -> dg.EnvVar | None:
+    """The storage connection string of an abfs:// lake, as in azure mode: a local deployment
+    with a Blob lake (Azurite, or a real account tried before moving the rest) reads it too."""
+    if settings.lake_url().split(":", 1)[0].lower() in ("abfs", "abfss", "az"):
+        return _env("MLASSETS_STORAGE_CONNECTION_STRING")
+    return None
+
+
 def local_resources() -> dict[str, Any]:
     data = settings.writable_data_dir()
     hub_file = data / "eventhub" / f"{settings.eventhub_name()}.db"
     return {
-        "lake": LakeStorage(url=settings.lake_url()),
+        "lake": LakeStorage(url=settings.lake_url(), connection_string=_lake_connection_string()),
         "event_hub": EmbeddedEventHub(
             path=str(hub_file),
             name=settings.eventhub_name(),
@@ -73,6 +81,7 @@ def _local_data_factory() -> LocalDataFactory:
     """The embedded copy engine: the pipelines of adf/ on the lake and the labels database."""
     return LocalDataFactory(
         lake_url=settings.lake_url(),
+        lake_connection_string=_lake_connection_string(),
         sql_url=_env("MLASSETS_LABELS_DB_URL") or settings.labels_db_url(),
         runs_dir=str(settings.data_dir() / "adf" / "runs"),
         default_timeout_seconds=_adf_timeout(),

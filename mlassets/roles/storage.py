@@ -29,6 +29,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from mlassets.lib.lazy import lazy
+from mlassets.roles import lake_access
 
 fsspec = lazy("fsspec")
 pa = lazy("pyarrow")
@@ -99,19 +100,27 @@ class LakeStorage(dg.ConfigurableResource):
         if "fs" not in self._cache:
             if self.is_local:
                 self._cache["fs"] = fsspec.filesystem("file", auto_mkdir=True)
-            elif self.connection_string:
-                self._cache["fs"] = fsspec.filesystem(
-                    "abfs", connection_string=self.connection_string
-                )
-            else:
-                from azure.identity import DefaultAzureCredential
-
-                self._cache["fs"] = fsspec.filesystem(
-                    "abfs",
-                    account_name=self._account_name(),
-                    credential=DefaultAzureCredential(),
+            else:  # bounded retries and timeouts: a lake that cannot answer fails in seconds
+                self._cache["fs"] = lake_access.blob_filesystem(
+                    self.connection_string, self._account_name()
                 )
         return self._cache["fs"]
+
+    def check_access(self) -> None:
+        """Prove the credential with one cheap listing, in seconds; a `LakeAccessError` (one
+        line naming what was tried) otherwise. A local lake always answers."""
+        if self.is_local or self._cache.get("checked"):
+            return
+        container, _, prefix = self.location.root.partition("/")
+        lake_access.check_access(
+            self.url, self.connection_string, self._account_name(), container, prefix
+        )
+        self._cache["checked"] = True
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Before the run's first lake operation, so a credential that cannot work stops the
+        # run with one line instead of minutes of retries deep inside an asset.
+        self.check_access()
 
     def path(self, relative: str = "") -> str:
         """The filesystem path of a lake-relative path (what `fs` methods take)."""
@@ -134,8 +143,10 @@ class LakeStorage(dg.ConfigurableResource):
         return path[len(root) :] if path.startswith(root) else path
 
     def _account_name(self) -> str:
-        if self.connection_string:
-            return parse_connection_string(self.connection_string)["AccountName"]
+        if self.connection_string and (
+            name := parse_connection_string(self.connection_string).get("AccountName")
+        ):
+            return name
         if self.location.account_name:
             return self.location.account_name
         raise ValueError(
@@ -295,11 +306,13 @@ class LakeStorage(dg.ConfigurableResource):
                 options["endpoint"] = endpoint.rstrip("/")
                 if endpoint.startswith("http://"):
                     options["allow_http"] = "true"
-            return options
-        from azure.identity import DefaultAzureCredential
-
-        token = DefaultAzureCredential().get_token("https://storage.azure.com/.default").token
-        return {"account_name": self._account_name(), "bearer_token": token}
+            return {**lake_access.delta_options(), **options}
+        token = lake_access.default_credential_token()
+        return {
+            **lake_access.delta_options(),
+            "account_name": self._account_name(),
+            "bearer_token": token,
+        }
 
     def delta_table(self, relative: str):
         """The Delta table at a lake path, or None when none exists yet."""

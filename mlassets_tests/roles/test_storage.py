@@ -112,6 +112,11 @@ def test_delta_options_come_from_the_connection_string():
         "account_key": "a2V5",
         "endpoint": "http://127.0.0.1:10000/acct",
         "allow_http": "true",
+        # bounded waits, as for the Blob client: a lake that cannot answer fails in seconds
+        "connect_timeout": "5s",
+        "timeout": "60s",
+        "max_retries": "3",
+        "retry_timeout": "30s",
     }
     assert parse_connection_string("A=1;B=x=y;")["B"] == "x=y"
 
