@@ -15,15 +15,16 @@ GROUPS = (ingestion, labels, training, inference, commands)
 
 
 #: Evaluates the assets' automation conditions (approved_model follows a model that passed its
-#: checks, inference_outputs follows an approval). Dagster would add a sensor of this name by
-#: itself; declaring it says that it runs from the start, with the daemon.
+#: checks, inference_outputs follows an approval and each landing). Dagster would add a sensor
+#: of this name by itself; declaring it says that it runs from the start, with the daemon.
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "default_automation_condition_sensor",
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description="Requests the assets whose automation condition is true: approval after a "
-    "passing model, scoring after an approval.",
+    "passing model, scoring after an approval or a landing (never without an approved model, "
+    "never while a landing or a scoring is in progress).",
 )
 
 
