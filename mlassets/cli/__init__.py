@@ -471,7 +471,12 @@ def adf_run(pipeline: str, params: tuple[str, ...], timeout: float | None, as_js
 
     from azure.core.exceptions import AzureError
 
-    from mlassets.lib.adf import ArtifactError, ParameterError, PipelineRunError, parse_param_options
+    from mlassets.lib.adf import (
+        ArtifactError,
+        ParameterError,
+        PipelineRunError,
+        parse_param_options,
+    )
 
     try:
         values = parse_param_options(params)
