@@ -249,6 +249,21 @@ def test_with_an_approved_model_each_burst_of_landings_is_scored_once(defs, inst
     assert settled.get_num_requested(INFERENCE_OUTPUTS) == 0  # never twice for one landing
 
 
+def test_an_imported_drop_is_scored_and_a_drop_never_imported_holds_nothing_up(defs, instance):
+    instance.add_dynamic_partitions("incoming_drops", ["drop-a.csv", "never-imported.csv"])
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    report(instance, ApprovalMetadata(model_version="20261101T000000-aaaa", test_accuracy=0.95))
+    approved = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    assert approved.get_num_requested(INFERENCE_OUTPUTS) == 1
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="inference_outputs"))
+    scored = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=approved.cursor)
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key="incoming_events", partition="drop-a.csv")
+    )
+    imported = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=scored.cursor)
+    assert imported.get_num_requested(INFERENCE_OUTPUTS) == 1
+
+
 def test_the_automation_sensor_runs_from_the_start_and_the_jobs_hold_approval(defs):
     sensor = defs.resolve_sensor_def("default_automation_condition_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
