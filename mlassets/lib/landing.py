@@ -222,7 +222,9 @@ def try_claim(lake: LakeStorage, rng: EventRange, owner: str) -> tuple[EventRang
     if lake.create_exclusive(claim_path(rng.partition_id, rng.first), json.dumps(record).encode()):
         return rng, True
     theirs = _read_claim(lake, rng.partition_id, rng.first)
-    return EventRange(rng.partition_id, rng.first, int(theirs["last"])), False
+    held = EventRange(rng.partition_id, rng.first, int(theirs["last"]))
+    # A retried upload whose first attempt went through is refused as taken: it is ours.
+    return held, theirs.get("owner") == owner and theirs.get("claimed_at") == record["claimed_at"]
 
 
 def next_range(

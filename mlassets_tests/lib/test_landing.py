@@ -165,6 +165,17 @@ def test_a_run_that_loses_a_claim_moves_on_after_the_winners_range(hub, lake):
     assert (record["last"], record["owner"]) == (29, "other run")  # the first claim stands
 
 
+def test_a_claim_whose_retried_upload_was_refused_as_taken_is_still_ours(lake, monkeypatch):
+    create = LakeStorage.create_exclusive
+
+    def first_attempt_went_through(self, relative, data):
+        create(self, relative, data)
+        return create(self, relative, data)  # the retry: refused, the name is taken
+
+    monkeypatch.setattr(LakeStorage, "create_exclusive", first_attempt_went_through)
+    assert try_claim(lake, EventRange("0", 0, 9), "this run") == (EventRange("0", 0, 9), True)
+
+
 def test_a_claim_left_without_its_file_is_finished_by_the_next_run(hub, lake):
     publish(hub, 100, malformed=10)
     p = only_partition(hub)

@@ -4,8 +4,8 @@
     python landing_process.py [--go FILE] cli DAGSTER_ARGS...
 
 `in-process` materializes `landed_events` with `dg.materialize` (the `execute_in_process`
-path) on the local deployment's resources; RELIABILITY_LAKE_URL and
-RELIABILITY_LAKE_CONNECTION_STRING, when set, replace its lake (Azurite). RANGES_JSON is a
+path) on the local deployment's resources (MLASSETS_LAKE_URL and
+MLASSETS_STORAGE_CONNECTION_STRING choose the lake: Azurite, say). RANGES_JSON is a
 list of [partition, first, last]; without it the run lands everything new. `cli` runs the
 `dagster` command line itself in this process, as `dagster DAGSTER_ARGS...` would.
 
@@ -136,10 +136,6 @@ def wait_at_the_landing(go: str) -> None:
 
 def land_in_process(ranges: list[list]) -> None:
     resources = local_resources()
-    if url := os.environ.get("RELIABILITY_LAKE_URL"):
-        resources["lake"] = LakeStorage(
-            url=url, connection_string=os.environ.get("RELIABILITY_LAKE_CONNECTION_STRING")
-        )
     config = {"ranges": [{"partition_id": p, "first": a, "last": b} for p, a, b in ranges]}
     result = dg.materialize(
         [assets.raw_events, assets.landed_events],

@@ -179,11 +179,7 @@ def test_landings_in_several_processes_at_once_land_every_event_once_on_blob_sto
 ):
     url = f"abfs://{azurite_container}/lake"
     lake = LakeStorage(url=url, connection_string=azurite)
-    env = {
-        **os.environ,
-        "RELIABILITY_LAKE_URL": url,
-        "RELIABILITY_LAKE_CONNECTION_STRING": azurite,
-    }
+    env = {**os.environ, "MLASSETS_LAKE_URL": url, "MLASSETS_STORAGE_CONNECTION_STRING": azurite}
     contended = 0
     for round_ in range(2):
         tmp = tmp_path / f"round{round_}"
@@ -191,7 +187,17 @@ def test_landings_in_several_processes_at_once_land_every_event_once_on_blob_sto
         new = publish_round(hub, round_)
         go = str(tmp / "go")
         commands = [
-            landing_command("--go", go, "in-process"),
+            landing_command(
+                "--go",
+                go,
+                "cli",
+                "asset",
+                "materialize",
+                "-m",
+                "mlassets.definitions",
+                "--select",
+                "landed_events",
+            ),
             *(
                 landing_command("--go", go, "in-process", json.dumps(explicit_ranges(new, size)))
                 for size in EXPLICIT_RANGES
