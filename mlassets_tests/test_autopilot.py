@@ -214,6 +214,12 @@ def test_from_the_first_event_to_fresh_predictions_with_no_one_touching_it(
         assert 2 <= len(scorings) <= 8, watch.report()  # bounded by landings and approvals
         print("\n".join(f"{seconds:6.0f}s  {what}" for what, seconds in watch.milestones))
         print(watch.timeline())
+        for recorded in reversed(ModelMetadata.records(instance)):
+            model = recorded.metadata
+            print(
+                f"model {model.model_version}: test accuracy {model.test_accuracy:.3f}, "
+                f"{model.training_seconds:.0f}s of training; {model.retrain_reason}"
+            )
 
     # No sample has two predictions from one model, in SQL or in the lake.
     assert not watch.sql(
