@@ -36,6 +36,20 @@ def _no_ambient_azure(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+@pytest.fixture(autouse=True)
+def _no_instance_left_by_an_earlier_test() -> None:
+    """Each test starts with no Dagster instance context left over.
+
+    A DagsterInstance publishes its definitions-state storage in a context variable until it
+    is disposed; an earlier test's instance that was never disposed (an `ephemeral()` not
+    used as a context manager) would leave a dead weakref there, and the next
+    `dg.materialize` would fail to load its definitions. Dagster has no public reset.
+    """
+    from dagster._core.storage.defs_state.base import _current_storage
+
+    _current_storage.set(None)
+
+
 @pytest.fixture
 def all_azure_settings(monkeypatch: pytest.MonkeyPatch):
     """MLASSETS_DEPLOYMENT=azure with every required variable set to a harmless placeholder

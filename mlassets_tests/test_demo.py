@@ -179,9 +179,10 @@ def _toy_run(lines: list[str]) -> dg.ExecuteInProcessResult:
         ).resolve_asset_graph()
     )
     job, run_config = with_step_lines(job, lines.append)
-    return job.execute_in_process(
-        run_config=run_config, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
-    )
+    with dg.DagsterInstance.ephemeral() as instance:
+        return job.execute_in_process(
+            run_config=run_config, instance=instance, raise_on_error=False
+        )
 
 
 def test_each_finished_step_is_one_line_with_its_headline_figure_or_why_it_failed():

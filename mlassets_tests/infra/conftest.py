@@ -8,6 +8,7 @@ reads back (endpoints, names, identities' principal ids).
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -127,10 +128,20 @@ class AzureMocks(pulumi.runtime.Mocks):
         raise AssertionError(f"the program called {args.token}, which the mocks do not know")
 
 
+def fresh_event_loop() -> None:
+    """Give Pulumi's mocks an event loop of their own.
+
+    Pulumi registers resources on the thread's current loop; a test elsewhere in the suite
+    that ran `asyncio.run` (Dagster's, the Azure SDKs') leaves the main thread with none.
+    """
+    asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def run_program(config: dict[str, str] | None = None, stack: str = "test") -> Deployment:
     from mlassets_infra import config as infra_config
     from mlassets_infra import program
 
+    fresh_event_loop()
     deployment = Deployment()
     pulumi.runtime.set_mocks(AzureMocks(deployment), project="mlassets", stack=stack, preview=False)
     settings = infra_config.parse(config or {}, stack)

@@ -78,8 +78,9 @@ def test_main_runs_the_program_with_the_stacks_config():
     import runpy
 
     from mlassets.settings import PROJECT_ROOT
-    from mlassets_tests.infra.conftest import AzureMocks, Deployment
+    from mlassets_tests.infra.conftest import AzureMocks, Deployment, fresh_event_loop
 
+    fresh_event_loop()
     deployment = Deployment()
     pulumi.runtime.set_mocks(AzureMocks(deployment), project="mlassets", stack="prod")
     pulumi.runtime.set_all_config({"mlassets:eventHubPartitions": "16"})

@@ -125,9 +125,9 @@ def materialize(client: PipesAzureBatchClient, task: HorovodTask):
             raise
         return invocation.get_materialize_result()
 
-    instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize([digit_model], instance=instance, raise_on_error=False)
-    logs = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message]
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize([digit_model], instance=instance, raise_on_error=False)
+        logs = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message]
     return result, logs, raised
 
 

@@ -229,18 +229,18 @@ def test_messages_from_the_batch_node_reach_dagster_through_blob_storage(
         storage_connection_string=azurite,
         poll_interval_seconds=0.2,
     )
-    instance = dg.DagsterInstance.ephemeral()
-    try:
-        result = dg.materialize(
-            [digit_classifier],
-            resources={"training_compute": compute},
-            instance=instance,
-            raise_on_error=False,
-        )
-    finally:
-        for node in nodes:
-            node.terminate()
-    logs = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message]
+    with dg.DagsterInstance.ephemeral() as instance:
+        try:
+            result = dg.materialize(
+                [digit_classifier],
+                resources={"training_compute": compute},
+                instance=instance,
+                raise_on_error=False,
+            )
+        finally:
+            for node in nodes:
+                node.terminate()
+        logs = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message]
     assert result.success, "\n".join(logs[-30:])
     assert not fake_batch.unexpected
 
