@@ -129,12 +129,18 @@ class AzureMocks(pulumi.runtime.Mocks):
 
 
 def fresh_event_loop() -> None:
-    """Give Pulumi's mocks an event loop of their own.
+    """Make sure Pulumi's mocks find an open event loop on this thread.
 
     Pulumi registers resources on the thread's current loop; a test elsewhere in the suite
     that ran `asyncio.run` (Dagster's, the Azure SDKs') leaves the main thread with none.
+    A loop Pulumi already uses is kept: its outputs are bound to it.
     """
-    asyncio.set_event_loop(asyncio.new_event_loop())
+    try:
+        loop = asyncio.get_event_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None or loop.is_closed():
+        asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 def run_program(config: dict[str, str] | None = None, stack: str = "test") -> Deployment:
