@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -48,6 +49,22 @@ def _no_instance_left_by_an_earlier_test() -> None:
     from dagster._core.storage.defs_state.base import _current_storage
 
     _current_storage.set(None)
+
+
+@pytest.fixture
+def daemon(dagster_home: Path, data_dir: Path) -> Iterator[subprocess.Popen]:
+    """A real `dagster-daemon` on the project's workspace and this test's instance."""
+    log = open(dagster_home / "daemon.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [f"{os.path.dirname(sys.executable)}/dagster-daemon", "run", "-w", "workspace.yaml"],
+        cwd=PROJECT_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    yield proc
+    stop_group(proc, grace=15)
+    log.close()
 
 
 @pytest.fixture

@@ -11,24 +11,8 @@ import pyarrow.dataset as ds
 import pytest
 
 from mlassets.settings import PROJECT_ROOT
-from mlassets_tests.processes import stop_group
 
 BIN = os.path.dirname(sys.executable)
-
-
-@pytest.fixture
-def daemon(dagster_home, data_dir):
-    log = open(dagster_home / "daemon.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [f"{BIN}/dagster-daemon", "run", "-w", "workspace.yaml"],
-        cwd=PROJECT_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    yield proc
-    stop_group(proc, grace=15)
-    log.close()
 
 
 @pytest.mark.slow

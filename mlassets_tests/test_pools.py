@@ -21,7 +21,6 @@ import pytest
 from mlassets.defs.resources import local_resources
 from mlassets.settings import PROJECT_ROOT
 from mlassets.simulate import make_events
-from mlassets_tests.processes import stop_group
 
 BIN = os.path.dirname(sys.executable)
 BLOCKED = "Step blocked by limit for pool landing"
@@ -110,21 +109,6 @@ def test_an_in_process_landing_waits_for_its_pool_too(instance, data_dir):
     assert result.success
     seen = step_events(instance, result.run_id)
     assert seen["blocked"] <= seen["start"] < seen["success"]
-
-
-@pytest.fixture
-def daemon(dagster_home, data_dir):
-    log = open(dagster_home / "daemon.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [f"{BIN}/dagster-daemon", "run", "-w", "workspace.yaml"],
-        cwd=PROJECT_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    yield proc
-    stop_group(proc, grace=15)
-    log.close()
 
 
 @pytest.mark.slow
