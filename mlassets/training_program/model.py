@@ -1,23 +1,31 @@
 """The digit classifier: a small CNN for 8x8 images (Keras 2 via tf-keras).
 
-Imports TensorFlow: only the training program and scoring code load this module.
+TensorFlow is imported on first use: only the training program and scoring call in here.
 """
 
 from __future__ import annotations
 
 import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
 from mlassets.lib.events import PIXEL_MAX, PIXELS
 
-keras = tf.keras  # tf-keras (Keras 2) because TF_USE_LEGACY_KERAS=1
+if TYPE_CHECKING:
+    from tensorflow import keras
+
+
+def _tensorflow():
+    """TensorFlow with tf-keras (Keras 2, which Horovod needs), imported on first use."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tensorflow as tf
+
+    return tf
 
 
 def build_model(seed: int) -> keras.Model:
+    keras = _tensorflow().keras
     init = keras.initializers.GlorotUniform(seed=seed)
     return keras.Sequential(
         [
@@ -44,10 +52,10 @@ def to_features(pixels: np.ndarray) -> np.ndarray:
 
 
 def load_model(path: str) -> keras.Model:
-    return keras.models.load_model(path, compile=False)
+    return _tensorflow().keras.models.load_model(path, compile=False)
 
 
 def predict_proba(model: keras.Model, pixels: np.ndarray, batch_size: int = 4096) -> np.ndarray:
     """Class probabilities, one batched call over all rows."""
     logits = model.predict(to_features(pixels), batch_size=batch_size, verbose=0)
-    return tf.nn.softmax(logits).numpy()
+    return _tensorflow().nn.softmax(logits).numpy()

@@ -121,56 +121,50 @@ def config_file(tmp: Path, ranges: list[list]) -> str:
     return str(path)
 
 
-def test_cli_job_and_in_process_landings_at_once_land_every_event_once_on_a_local_lake(
-    hub, tmp_path
-):
-    lake = local_resources()["lake"]
+def materialize_command(go: str) -> list[str]:
+    """The UI's Materialize button, or a person at a shell: no config, everything new."""
+    return landing_command(
+        "--go", go, "cli", "asset", "materialize", "-m", "mlassets.definitions",
+        "--select", "landed_events",
+    )  # fmt: skip
+
+
+def land_in_rounds(hub, lake, tmp_path: Path, rounds: int, env: dict, commands_for) -> None:
+    """Each round publishes more events and starts `commands_for(tmp, go, new)` at once; after
+    each, every event is landed exactly once. The landings must really have contended for
+    claims, or the test proved nothing."""
     contended = 0
-    for round_ in range(3):
+    for round_ in range(rounds):
         tmp = tmp_path / f"round{round_}"
         tmp.mkdir()
         new = publish_round(hub, round_)
-        go = str(tmp / "go")
-        commands = [
-            # The UI's Materialize button, or a person at a shell: no config, everything new.
-            landing_command(
-                "--go",
-                go,
-                "cli",
-                "asset",
-                "materialize",
-                "-m",
-                "mlassets.definitions",
-                "--select",
-                "landed_events",
-            ),
+        run_round(tmp, commands_for(tmp, str(tmp / "go"), new), env)
+        book = ledger(hub, lake)
+        assert book.exactly_once, f"round {round_}: {book}"
+        contended += sum(len(w) > 1 for w in winners_per_partition(lake, new).values())
+    assert temp_files(lake) == []
+    assert contended, "no partition had claims won by more than one landing"
+
+
+def test_cli_job_and_in_process_landings_at_once_land_every_event_once_on_a_local_lake(
+    hub, tmp_path
+):
+    def commands(tmp: Path, go: str, new) -> list[list[str]]:
+        return [
+            materialize_command(go),
             # What the sensor's runs look like: the job with explicit ranges.
             landing_command(
-                "--go",
-                go,
-                "cli",
-                "job",
-                "execute",
-                "-m",
-                "mlassets.definitions",
-                "-j",
-                "ingest_events",
-                "-c",
-                config_file(tmp, explicit_ranges(new, EXPLICIT_RANGES[0])),
+                "--go", go, "cli", "job", "execute", "-m", "mlassets.definitions",
+                "-j", "ingest_events",
+                "-c", config_file(tmp, explicit_ranges(new, EXPLICIT_RANGES[0])),
             ),
             # execute_in_process (the demo), with yet other boundaries.
             landing_command(
                 "--go", go, "in-process", json.dumps(explicit_ranges(new, EXPLICIT_RANGES[1]))
             ),
         ]
-        run_round(tmp, commands, os.environ.copy())
-        book = ledger(hub, lake)
-        assert book.exactly_once, f"round {round_}: {book}"
-        winners = winners_per_partition(lake, new)
-        contended += sum(len(w) > 1 for w in winners.values())
-    assert temp_files(lake) == []
-    # Otherwise this test proved nothing: the landings did not overlap.
-    assert contended, "no partition had claims won by more than one landing"
+
+    land_in_rounds(hub, local_resources()["lake"], tmp_path, 3, os.environ.copy(), commands)
 
 
 @pytest.mark.azurite
@@ -180,32 +174,14 @@ def test_landings_in_several_processes_at_once_land_every_event_once_on_blob_sto
     url = f"abfs://{azurite_container}/lake"
     lake = LakeStorage(url=url, connection_string=azurite)
     env = {**os.environ, "MLASSETS_LAKE_URL": url, "MLASSETS_STORAGE_CONNECTION_STRING": azurite}
-    contended = 0
-    for round_ in range(2):
-        tmp = tmp_path / f"round{round_}"
-        tmp.mkdir()
-        new = publish_round(hub, round_)
-        go = str(tmp / "go")
-        commands = [
-            landing_command(
-                "--go",
-                go,
-                "cli",
-                "asset",
-                "materialize",
-                "-m",
-                "mlassets.definitions",
-                "--select",
-                "landed_events",
-            ),
+
+    def commands(tmp: Path, go: str, new) -> list[list[str]]:
+        return [
+            materialize_command(go),
             *(
                 landing_command("--go", go, "in-process", json.dumps(explicit_ranges(new, size)))
                 for size in EXPLICIT_RANGES
             ),
         ]
-        run_round(tmp, commands, env)
-        book = ledger(hub, lake)
-        assert book.exactly_once, f"round {round_}: {book}"
-        contended += sum(len(w) > 1 for w in winners_per_partition(lake, new).values())
-    assert temp_files(lake) == []
-    assert contended, "no partition had claims won by more than one landing"
+
+    land_in_rounds(hub, lake, tmp_path, 2, env, commands)
