@@ -2,28 +2,52 @@
 
 - The latest event per sample wins (by capture time, then hub order); a sample whose label
   was retracted is absent from `curated/labels` and so drops out.
-- The split (80/10/10) is a stable hash of the sample id, so a sample never changes split
-  between versions: no test sample leaks into a later training split.
-- The version is a hash of the content, so the same inputs give the same version and an
-  unchanged dataset is not written twice.
+- The split (80/10/10) is a stable hash of the sample id (`splits`), so a sample never
+  changes split between versions: no test sample leaks into a later training split.
+- The version is a hash of the content (a multiset hash of the rows, `row_hash`), so the same
+  inputs give the same version however the rows are laid out in files, and an incremental
+  build (`sample_state`) has the version a full rebuild would.
+
+A version is read through its manifest (``datasets/digits/v=<version>/manifest.json``): the
+segment files of each split and the overrides to apply to them. Versions share files, so a
+new version costs what changed, and every version can be read again.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mlassets.lib import row_hash
 from mlassets.lib.layout import DATASET_PREFIX
+from mlassets.lib.sample_state import (
+    SEGMENT_PREFIX,
+    State,
+    apply_overrides,
+    latest_per_sample,
+    read_overrides,
+)
+from mlassets.lib.splits import SPLITS, TRAIN_SHARDS, shard_of, split_of, stable_hash
 from mlassets.roles.storage import LakeStorage
 
-SPLITS = ("train", "validation", "test")
-#: Cumulative percent boundaries of the hash buckets: [0, 80) train, [80, 90) validation.
-_BOUNDS = (80, 90)
-TRAIN_SHARDS = 8
+__all__ = [
+    "DATASET_SCHEMA",
+    "SPLITS",
+    "TRAIN_SHARDS",
+    "Dataset",
+    "Manifest",
+    "build_dataset",
+    "latest_per_sample",
+    "read_split",
+    "shard_of",
+    "split_of",
+    "stable_hash",
+    "write_dataset",
+]
 
 DATASET_SCHEMA = pa.schema(
     [
@@ -32,46 +56,6 @@ DATASET_SCHEMA = pa.schema(
         pa.field("label", pa.int64(), nullable=False),
     ]
 )
-
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-_FNV_PRIME = np.uint64(0x100000001B3)
-
-
-def stable_hash(ids: pa.Array) -> np.ndarray:
-    """64-bit FNV-1a of each string, vectorized over the array (one pass per byte position).
-
-    Python's hash() is salted per process; this is the same on every machine, forever.
-    """
-    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-    ids = ids.cast(pa.large_string()) if ids.type != pa.large_string() else ids
-    offsets = np.frombuffer(ids.buffers()[1], np.int64)[ids.offset : ids.offset + len(ids) + 1]
-    data = np.frombuffer(ids.buffers()[2], np.uint8) if len(ids) else np.zeros(0, np.uint8)
-    starts, lengths = offsets[:-1], np.diff(offsets)
-    h = np.full(len(ids), _FNV_OFFSET, np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(int(lengths.max(initial=0))):
-            live = lengths > j
-            byte = data[starts[live] + j].astype(np.uint64)
-            h[live] = (h[live] ^ byte) * _FNV_PRIME
-    return h
-
-
-def split_of(ids: pa.Array) -> np.ndarray:
-    """0 train, 1 validation, 2 test, per sample id."""
-    bucket = stable_hash(ids) % np.uint64(100)
-    return np.searchsorted(np.array(_BOUNDS, np.uint64), bucket, side="right").astype(np.int8)
-
-
-def latest_per_sample(events: pa.Table) -> pa.Table:
-    """One row per sample id: the most recently captured (ties: the later hub position)."""
-    if events.num_rows == 0:
-        return events
-    codes = pc.dictionary_encode(events["sample_id"]).combine_chunks().indices.to_numpy()
-    captured = events["captured_at"].cast(pa.int64()).to_numpy()
-    sequence = events["sequence_number"].to_numpy()
-    order = np.lexsort((-sequence, -captured, codes))  # last key sorts first
-    first = np.concatenate([[True], codes[order][1:] != codes[order][:-1]])
-    return events.take(pa.array(order[first]))
 
 
 @dataclass
@@ -95,10 +79,12 @@ class Dataset:
 
 
 def build_dataset(events: pa.Table, labels: pa.Table) -> Dataset:
-    """events (LANDED_SCHEMA) ⨝ labels (sample_id, label) -> a versioned, split dataset."""
-    latest = latest_per_sample(
-        events.select(["sample_id", "pixels", "captured_at", "sequence_number"])
-    )
+    """events (LANDED_SCHEMA) ⨝ labels (sample_id, label) -> a versioned, split dataset, all
+    in memory: the reference a full rebuild is, which `sample_state` builds incrementally."""
+    columns = ["sample_id", "pixels", "captured_at", "sequence_number"]
+    if "partition_id" in events.column_names:
+        columns.append("partition_id")
+    latest = latest_per_sample(events.select(columns))
     # Acero joins no list columns: join the keys with a row index, then take the pixels.
     keys = pa.table({"sample_id": latest["sample_id"], "row": np.arange(latest.num_rows)})
     joined = keys.join(labels.select(["sample_id", "label"]), "sample_id", join_type="inner")
@@ -118,6 +104,13 @@ def build_dataset(events: pa.Table, labels: pa.Table) -> Dataset:
     return Dataset(table=table, version=content_version(table))
 
 
+def content_version(table: pa.Table) -> str:
+    """The version of these rows (sample_id, pixels, label): file layout and order do not
+    count, so it equals the version `sample_state` keeps for the same rows."""
+    hashes = row_hash.content_hash(table["sample_id"], table["pixels"])
+    return row_hash.version_of(row_hash.lane_sums(hashes, table["label"].to_numpy()))
+
+
 def pixel_histogram(pixels: pa.Array | pa.ChunkedArray) -> list[float]:
     """Share of pixel values 0..16 over all pixels: the distribution drift is measured on."""
     flat = pc.list_flatten(pixels).to_numpy(zero_copy_only=False) if len(pixels) else np.zeros(0)
@@ -133,37 +126,98 @@ def population_stability_index(expected: list[float], actual: list[float]) -> fl
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def content_version(table: pa.Table) -> str:
-    """A hash of the rows (in their sorted order): equal content, equal version."""
-    digest = hashlib.sha256()
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    digest.update(sink.getvalue())
-    return digest.hexdigest()[:16]
+# -- versions on storage -----------------------------------------------------------------------
 
 
 def dataset_dir(version: str) -> str:
     return f"{DATASET_PREFIX}/v={version}"
 
 
-def write_dataset(lake: LakeStorage, dataset: Dataset) -> dict[str, list[str]]:
-    """Parquet shards per split; train in TRAIN_SHARDS shards so each Horovod rank can read
-    its own. A version already on storage is not written again (same content)."""
-    root = dataset_dir(dataset.version)
-    files: dict[str, list[str]] = {}
-    for name in SPLITS:
-        part = dataset.split(name)
-        shards = TRAIN_SHARDS if name == "train" else 1
-        files[name] = [f"{root}/split={name}/part-{k:03d}.parquet" for k in range(shards)]
-        if all(lake.exists(f) for f in files[name]):
-            continue
-        for k, path in enumerate(files[name]):
-            lake.write_parquet(path, part.take(pa.array(np.arange(k, part.num_rows, shards))))
-    return files
+def manifest_path(version: str) -> str:
+    return f"{dataset_dir(version)}/manifest.json"
 
 
-def read_split(lake: LakeStorage, version: str, split: str) -> pa.Table:
-    return lake.read_parquet(
-        lake.glob(f"{dataset_dir(version)}/split={split}/part-*.parquet"), schema=DATASET_SCHEMA
+@dataclass(frozen=True)
+class Manifest:
+    """What a dataset version reads: per split, [segment, file] pairs, and the overrides."""
+
+    version: str
+    files: dict[str, list[list[str]]]
+    overrides: str | None
+    rows: dict[str, int]
+    #: The sample state it was taken from (None: written from memory, `write_dataset`).
+    state: int | None = None
+
+    def paths(self, split: str) -> list[str]:
+        return [path for _, path in self.files.get(split, [])]
+
+
+def write_manifest(lake: LakeStorage, state: State) -> Manifest:
+    """The version of `state` as a manifest, written once per version: the same rows, by
+    whatever state they were reached, read the same."""
+    manifest = Manifest(
+        version=state.version,
+        files={s: [list(pair) for pair in state.files(s)] for s in SPLITS},
+        overrides=state.overrides,
+        rows={s: int(sum(state.histogram[s])) for s in SPLITS},
+        state=state.number,
     )
+    _write_once(lake, manifest)
+    return read_manifest(lake, state.version)
+
+
+def _write_once(lake: LakeStorage, manifest: Manifest) -> None:
+    data = json.dumps(asdict(manifest), sort_keys=True).encode()
+    lake.create_exclusive(manifest_path(manifest.version), data)
+
+
+def read_manifest(lake: LakeStorage, version: str) -> Manifest:
+    try:
+        raw = json.loads(lake.read_bytes(manifest_path(version)))
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"dataset {version} has no manifest at {lake.uri(manifest_path(version))}"
+        ) from None
+    return Manifest(**raw)
+
+
+def write_dataset(lake: LakeStorage, dataset: Dataset) -> dict[str, list[str]]:
+    """An in-memory dataset as a version of its own (one segment; train in TRAIN_SHARDS
+    shards by id). A version already on storage is not written again (same content)."""
+    segment = f"d-{dataset.version}"
+    shards = shard_of(dataset.table["sample_id"])
+    splits = dataset.table["split"].to_numpy()
+    files: dict[str, list[list[str]]] = {}
+    for i, name in enumerate(SPLITS):
+        for k in range(TRAIN_SHARDS if name == "train" else 1):
+            path = f"{SEGMENT_PREFIX}/{segment}/split={name}/part-{k:03d}.parquet"
+            if not lake.exists(path):
+                mask = pa.array((splits == i) & (shards == k))
+                lake.write_parquet(path, dataset.table.filter(mask).drop_columns(["split"]))
+            files.setdefault(name, []).append([segment, path])
+    hist = dataset.class_histogram()
+    rows = {s: int(sum(hist[s])) for s in SPLITS}
+    _write_once(lake, Manifest(dataset.version, files, None, rows))
+    return {s: [p for _, p in pairs] for s, pairs in files.items()}
+
+
+def read_split(
+    lake: LakeStorage, version: str, split: str, shards: list[int] | None = None
+) -> pa.Table:
+    """The rows of one split of a version (DATASET_SCHEMA); `shards` reads only those train
+    shards' files (one Horovod rank's)."""
+    manifest = read_manifest(lake, version)
+    overrides = read_overrides(lake, manifest.overrides)
+    tables = []
+    for segment, path in manifest.files.get(split, []):
+        if shards is not None and shard_of_path(path) not in shards:
+            continue
+        rows = lake.read_parquet(path, columns=["sample_id", "pixels", "label"])
+        rows = apply_overrides(rows, overrides.get(segment))
+        tables.append(rows.filter(pc.is_valid(rows["label"])).cast(DATASET_SCHEMA))
+    return pa.concat_tables(tables) if tables else DATASET_SCHEMA.empty_table()
+
+
+def shard_of_path(path: str) -> int:
+    """The shard number in a `.../part-<k>.parquet` name."""
+    return int(path.rsplit("part-", 1)[1].split(".", 1)[0])

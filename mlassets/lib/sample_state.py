@@ -1,0 +1,667 @@
+"""The current state of every landed sample, kept by what changed: what dataset versions and
+scoring read.
+
+**What it holds.** One row per sample: its latest event (by capture time, then hub order, then
+partition) and its current label (null while unlabelled or after a retraction). Rows live in
+immutable **segments** (``datasets/digits/segments/<id>/split=<s>/part-<k>.parquet``, split
+and train shard by a stable hash of the sample id) and a table of **overrides**
+(segment, sample_id -> new label, or dead when a newer event superseded the row): a label
+correction or a re-sent event rewrites no old file.
+
+**How it moves.** States form a chain, ``datasets/digits/state/<n>.json``. Each step reads
+only what is new since state n: landed events past its per-partition watermark (the end of
+the contiguous landed prefix, so a range still being landed is waited for, never skipped) and
+the CDC change batches past its applied LSN; it looks the affected ids up in the segments'
+key columns, writes one segment of new rows and the overrides, and creates state n+1 with a
+conditional create. Two builds at once: one creates n+1, the other builds again on top of it.
+A step reads at most ``STEP_EVENTS`` events, so memory is bounded whatever the backlog; a
+first build is a sequence of such steps. A process killed at any line leaves at most
+unreferenced files: no state names them.
+
+**Versions.** The dataset version is a multiset hash of the labelled rows (`row_hash`),
+updated by each step's additions and removals, so an incremental build and a full rebuild of
+the same inputs have the same version. Compaction rewrites segments and overrides into one
+segment when they grow (``MAX_SEGMENTS``, ``MAX_OVERRIDE_SHARE``), as its own state with the
+same version; old segments stay, so every version can be read again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlassets.lib import cdc, row_hash
+from mlassets.lib.events import LANDED_SCHEMA
+from mlassets.lib.landing import EventRange, landed_ranges
+from mlassets.lib.layout import DATASET_PREFIX, LABELS_PATH
+from mlassets.lib.splits import SPLITS, TRAIN_SHARDS, shard_of, split_of
+from mlassets.roles.storage import LakeStorage
+
+STATE_PREFIX = f"{DATASET_PREFIX}/state"
+SEGMENT_PREFIX = f"{DATASET_PREFIX}/segments"
+OVERRIDES_PREFIX = f"{DATASET_PREFIX}/overrides"
+_HEAD = f"{STATE_PREFIX}/HEAD"
+
+#: Events one step reads at most: the bound on a build's memory.
+STEP_EVENTS = 1_000_000
+#: Compact when a state has more segments than this ...
+MAX_SEGMENTS = 12
+#: ... or more overrides than this share of its rows (and at least MIN_COMPACT_OVERRIDES).
+MAX_OVERRIDE_SHARE = 0.25
+MIN_COMPACT_OVERRIDES = 10_000
+
+SEGMENT_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("pixels", pa.list_(pa.uint8()), nullable=False),
+        pa.field("label", pa.int64()),  # null: unlabelled
+        pa.field("captured_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("sequence_number", pa.int64(), nullable=False),
+        pa.field("partition_id", pa.string(), nullable=False),
+        pa.field("content_hash", pa.uint64(), nullable=False),
+    ]
+)
+#: The columns a step looks affected ids up in (no pixels).
+KEY_COLUMNS = ["sample_id", "label", "captured_at", "sequence_number", "partition_id"]
+OVERRIDE_SCHEMA = pa.schema(
+    [
+        pa.field("segment", pa.string(), nullable=False),
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("label", pa.int64()),
+        pa.field("dead", pa.bool_(), nullable=False),
+    ]
+)
+_EVENT_COLUMNS = ["sample_id", "pixels", "captured_at", "sequence_number", "partition_id"]
+
+
+@dataclass
+class Segment:
+    id: str
+    rows: int
+    #: split -> file paths (train: one per shard that has rows)
+    files: dict[str, list[str]]
+    #: The segments a compaction merged into this one (empty for a step's segment).
+    compacted_from: list[str] = field(default_factory=list)
+
+
+@dataclass
+class State:
+    number: int
+    #: Per partition, the last sequence number read (the end of the contiguous landed prefix).
+    landed: dict[str, int]
+    #: The labels table's applied LSN (and snapshot LSN) this state reflects.
+    labels_lsn: str | None
+    labels_snapshot_lsn: str | None
+    segments: list[Segment]
+    overrides: str | None  # all overrides in force (Parquet, OVERRIDE_SCHEMA)
+    override_rows: int
+    #: This step's overrides only: what changed for rows of earlier segments (scoring).
+    delta: str | None
+    lanes: list[int]
+    #: rows per class (0..9) and split, of labelled rows
+    histogram: dict[str, list[int]]
+    live_rows: int
+    labelled_rows: int
+    compaction: bool = False
+    #: This step's new events, label changes looked up, rows inserted and superseded.
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return row_hash.version_of(self.lanes)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> State:
+        raw = json.loads(data)
+        raw["segments"] = [Segment(**s) for s in raw["segments"]]
+        return cls(**raw)
+
+    def files(self, split: str, shards: list[int] | None = None) -> list[tuple[str, str]]:
+        """(segment id, path) of a split's files, oldest segment first; `shards` picks the
+        train files of those shards only."""
+        out = []
+        for seg in self.segments:
+            for path in seg.files.get(split, []):
+                if shards is None or _shard_of_path(path) in shards:
+                    out.append((seg.id, path))
+        return out
+
+
+def empty_state() -> State:
+    return State(
+        number=-1,
+        landed={},
+        labels_lsn=None,
+        labels_snapshot_lsn=None,
+        segments=[],
+        overrides=None,
+        override_rows=0,
+        delta=None,
+        lanes=[0, 0, 0, 0],
+        histogram={s: [0] * 10 for s in SPLITS},
+        live_rows=0,
+        labelled_rows=0,
+    )
+
+
+def _shard_of_path(path: str) -> int:
+    return int(path.rsplit("part-", 1)[1].split(".", 1)[0])
+
+
+# -- the chain ---------------------------------------------------------------------------------
+
+
+def state_path(number: int) -> str:
+    return f"{STATE_PREFIX}/{number:010d}.json"
+
+
+def read_state(lake: LakeStorage, number: int) -> State:
+    return State.from_json(lake.read_bytes(state_path(number)))
+
+
+def latest(lake: LakeStorage) -> State | None:
+    """The newest state: from the HEAD hint, then forward while a next one exists (the hint
+    is written after each state, so it is never ahead), so finding it costs O(1) reads."""
+    number = -1
+    if lake.exists(_HEAD):
+        number = int(lake.read_bytes(_HEAD).decode().strip() or -1)
+    elif names := lake.glob(f"{STATE_PREFIX}/*.json"):
+        number = int(names[-1].rsplit("/", 1)[1].split(".")[0])
+    while lake.exists(state_path(number + 1)):
+        number += 1
+    return read_state(lake, number) if number >= 0 else None
+
+
+def _commit(lake: LakeStorage, state: State) -> bool:
+    """Create the state's file unless another build created that number first."""
+    if not lake.create_exclusive(state_path(state.number), state.to_json()):
+        return False
+    lake.write_bytes(_HEAD, str(state.number).encode())
+    return True
+
+
+def advance(
+    lake: LakeStorage,
+    *,
+    step_events: int = STEP_EVENTS,
+    log: Callable[[str], None] = lambda _m: None,
+) -> State:
+    """Take in everything new (in steps of at most `step_events` events), compact when due,
+    and return the newest state. With nothing new, the current state is returned as it is."""
+    while True:
+        previous = latest(lake) or empty_state()
+        nxt = step(lake, previous, step_events=step_events)
+        if nxt is None:
+            nxt = compact(lake, previous) if compaction_due(previous) else None
+            if nxt is None:
+                return previous
+        if _commit(lake, nxt):
+            log(describe(nxt))
+        else:
+            log(f"state {nxt.number} was created by another build first: building on top of it")
+
+
+def describe(state: State) -> str:
+    if state.compaction:
+        return f"state {state.number}: compacted into one segment of {state.live_rows:,} rows"
+    s = state.stats
+    return (
+        f"state {state.number}: {s.get('events', 0):,} new events, "
+        f"{s.get('label_changes', 0):,} label changes; {s.get('inserted', 0):,} rows added, "
+        f"{s.get('superseded', 0):,} superseded, {s.get('relabelled', 0):,} relabelled "
+        f"({state.labelled_rows:,} labelled of {state.live_rows:,})"
+    )
+
+
+# -- reading segments --------------------------------------------------------------------------
+
+
+def read_overrides(lake: LakeStorage, path: str | None) -> dict[str, pa.Table]:
+    """Overrides in force, per segment."""
+    if path is None:
+        return {}
+    table = lake.read_parquet(path, schema=OVERRIDE_SCHEMA)
+    out: dict[str, pa.Table] = {}
+    for seg in pc.unique(table["segment"]).to_pylist():
+        out[seg] = table.filter(pc.equal(table["segment"], seg))
+    return out
+
+
+def apply_overrides(rows: pa.Table, overrides: pa.Table | None) -> pa.Table:
+    """The rows with their overrides applied: dead rows gone, labels replaced."""
+    if overrides is None or overrides.num_rows == 0 or rows.num_rows == 0:
+        return rows
+    idx = pc.index_in(rows["sample_id"], value_set=overrides["sample_id"])
+    hit = pc.is_valid(idx)
+    dead = pc.fill_null(pc.take(overrides["dead"], idx), False)
+    if "label" in rows.column_names:
+        label = pc.if_else(hit, pc.take(overrides["label"], idx), rows["label"])
+        rows = rows.set_column(rows.column_names.index("label"), "label", label)
+    return rows.filter(pc.invert(dead))
+
+
+def iter_rows(
+    lake: LakeStorage,
+    state: State,
+    split: str,
+    *,
+    columns: list[str] | None = None,
+    shards: list[int] | None = None,
+    overrides: dict[str, pa.Table] | None = None,
+) -> Iterator[tuple[str, pa.Table]]:
+    """(segment id, live rows) of a split's files, one file at a time (bounded memory)."""
+    overrides = read_overrides(lake, state.overrides) if overrides is None else overrides
+    cols = list(dict.fromkeys(["sample_id", *(columns or SEGMENT_SCHEMA.names)]))
+    for seg, path in state.files(split, shards):
+        rows = lake.read_parquet(path, columns=cols, schema=SEGMENT_SCHEMA)
+        yield seg, apply_overrides(rows, overrides.get(seg))
+
+
+# -- one step ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _New:
+    events: pa.Table  # latest new event per sample (_EVENT_COLUMNS)
+    landed: dict[str, int]
+
+
+def live_ranges(lake: LakeStorage) -> dict[str, list[EventRange]]:
+    """Landed ranges per partition, each sequence number once: a file whose range lies
+    inside another's (a small file a compaction merged but has not deleted yet) is left out."""
+    out = {}
+    for pid, ranges in landed_ranges(lake).items():
+        kept: list[EventRange] = []
+        for rng in sorted(ranges, key=lambda r: (r.first, -r.last)):
+            if kept and rng.last <= kept[-1].last:
+                continue
+            kept.append(rng)
+        out[pid] = kept
+    return out
+
+
+def new_events(lake: LakeStorage, landed: dict[str, int], budget: int) -> _New:
+    """Landed events past the watermarks, up to about `budget` of them, in hub order; the
+    watermarks move to the end of the contiguous prefix read."""
+    marks = dict(landed)
+    picked: list[tuple[EventRange, int]] = []
+    total = 0
+    for pid, ranges in sorted(live_ranges(lake).items()):
+        mark = marks.get(pid, -1)
+        for rng in ranges:
+            if rng.last <= mark:
+                continue
+            if rng.first > mark + 1 or total >= budget:
+                break  # a gap: that range is still being landed; or enough for this step
+            picked.append((rng, mark))
+            total += rng.last - mark
+            mark = rng.last
+        marks[pid] = mark
+    tables = []
+    for rng, mark in picked:
+        t = lake.read_parquet(rng.landed_path, columns=_EVENT_COLUMNS, schema=LANDED_SCHEMA)
+        if rng.first <= mark:  # a compacted file reaching back before the watermark
+            t = t.filter(pc.greater(t["sequence_number"], mark))
+        tables.append(t)
+    events = (
+        pa.concat_tables(tables) if tables else LANDED_SCHEMA.empty_table().select(_EVENT_COLUMNS)
+    )
+    return _New(latest_per_sample(events), {p: m for p, m in marks.items() if m >= 0})
+
+
+def latest_per_sample(events: pa.Table) -> pa.Table:
+    """One row per sample id: the most recently captured (ties: the later hub position, then
+    the later partition id)."""
+    if events.num_rows == 0:
+        return events
+    codes = pc.dictionary_encode(events["sample_id"]).combine_chunks().indices.to_numpy()
+    captured = events["captured_at"].cast(pa.int64()).to_numpy()
+    sequence = events["sequence_number"].to_numpy()
+    keys: tuple = (-sequence, -captured, codes)
+    if "partition_id" in events.column_names:
+        part = pc.dictionary_encode(events["partition_id"]).combine_chunks()
+        rank = np.argsort(np.argsort(part.dictionary.to_pylist()))  # dictionary order -> sorted
+        keys = (-rank[part.indices.to_numpy()], *keys)
+    order = np.lexsort(keys)  # last key sorts first
+    first = np.concatenate([[True], codes[order][1:] != codes[order][:-1]])
+    return events.take(pa.array(order[first]))
+
+
+def _newer(a: pa.Table, b: pa.Table) -> np.ndarray:
+    """Row-wise: is event a later than event b (capture time, sequence number, partition)?"""
+    ka = [a["captured_at"].cast(pa.int64()).to_numpy(), a["sequence_number"].to_numpy()]
+    kb = [b["captured_at"].cast(pa.int64()).to_numpy(), b["sequence_number"].to_numpy()]
+    pa_, pb = (np.asarray(t["partition_id"].to_pylist(), dtype=object) for t in (a, b))
+    gt = (ka[0] > kb[0]) | ((ka[0] == kb[0]) & (ka[1] > kb[1]))
+    eq = (ka[0] == kb[0]) & (ka[1] == kb[1])
+    return gt | (eq & (pa_ > pb))
+
+
+class _Relabel:
+    """Which ids' labels may have changed: all (None) or an array of ids."""
+
+    def __init__(self, ids: pa.Array | None) -> None:
+        self.ids = ids
+
+    def mask(self, rows: pa.Table) -> pa.Array | None:
+        if self.ids is None:
+            return None
+        return pc.is_in(rows["sample_id"], value_set=self.ids)
+
+
+def label_changes(
+    lake: LakeStorage, state: State, labels: cdc.LabelsState | None
+) -> tuple[_Relabel, int]:
+    """The ids whose labels changed since `state` (None: all may have, as after a
+    re-snapshot or a gap in the change batches), and how many changes that was."""
+    if labels is None or labels.applied_lsn == state.labels_lsn:
+        return _Relabel(pa.array([], pa.string())), 0
+    if state.number < 0:  # a first build looks every new row's label up anyway
+        return _Relabel(pa.array([], pa.string())), 0
+    since = state.labels_lsn
+    if since is None or (labels.snapshot_lsn or "") > since:
+        return _Relabel(None), -1
+    ranges = [
+        r for r in cdc.batch_ranges(lake) if r.last > since and r.first <= labels.applied_lsn
+    ]
+    gaps = [g for g in cdc.chain(ranges, after=since).gaps if g[0] <= labels.applied_lsn]
+    if gaps:
+        return _Relabel(None), -1
+    ids = []
+    count = 0
+    for rng in ranges:
+        t = lake.read_parquet(rng.path, columns=["sample_id", "start_lsn"])
+        keep = pc.and_(
+            pc.greater(t["start_lsn"], since), pc.less_equal(t["start_lsn"], labels.applied_lsn)
+        )
+        t = t.filter(keep)
+        count += t.num_rows
+        ids.append(t["sample_id"])
+    if not ids:
+        return _Relabel(pa.array([], pa.string())), 0
+    return _Relabel(pc.unique(pa.chunked_array(ids, pa.string()).combine_chunks())), count
+
+
+def current_labels(lake: LakeStorage, ids: pa.Array | None) -> pa.Table:
+    """(sample_id, label) from `curated/labels` for `ids` (None: every label), streamed."""
+    dt = lake.delta_table(LABELS_PATH)
+    empty = pa.table({"sample_id": pa.array([], pa.string()), "label": pa.array([], pa.int64())})
+    if dt is None or (ids is not None and len(ids) == 0):
+        return empty
+    dataset = dt.to_pyarrow_dataset()
+    import pyarrow.dataset as ds
+
+    flt = pc.is_valid(ds.field("label"))
+    if ids is not None:
+        flt = flt & ds.field("sample_id").isin(ids)
+    table = dataset.to_table(columns=["sample_id", "label"], filter=flt)
+    return table.cast(empty.schema)
+
+
+def step(lake: LakeStorage, state: State, *, step_events: int = STEP_EVENTS) -> State | None:
+    """State n+1 from state n and what is new, or None when nothing is."""
+    labels_state = cdc.labels_state(lake)
+    new = new_events(lake, state.landed, step_events)
+    relabel, changes = label_changes(lake, state, labels_state)
+    lsn = labels_state.applied_lsn if labels_state else None
+    if new.events.num_rows == 0 and new.landed == state.landed and lsn == state.labels_lsn:
+        return None
+    events = new.events
+    nothing = relabel.ids is not None and len(relabel.ids) == 0
+    ids = events["sample_id"] if nothing else None
+    if relabel.ids is not None and not nothing:
+        ids = pc.unique(pa.concat_arrays([events["sample_id"].combine_chunks(), relabel.ids]))
+    looked_up = current_labels(lake, ids if ids is not None else None)
+
+    lanes = list(state.lanes)
+    histogram = {s: list(v) for s, v in state.histogram.items()}
+    overrides_now = read_overrides(lake, state.overrides)
+    delta: list[pa.Table] = []
+    keep_event = np.ones(events.num_rows, bool)  # an older event than the row's stays out
+    superseded = relabelled = 0
+    scan = ids is None or len(ids) > 0
+    for split in SPLITS if scan else ():
+        for seg, path in state.files(split):
+            rows = lake.read_parquet(path, columns=KEY_COLUMNS + ["content_hash"])
+            rows = apply_overrides(rows, overrides_now.get(seg))
+            if ids is not None:
+                rows = rows.filter(pc.is_in(rows["sample_id"], value_set=ids))
+            if rows.num_rows == 0:
+                continue
+            # A newer event for the row's sample supersedes it.
+            at = pc.index_in(rows["sample_id"], value_set=events["sample_id"])
+            matched = np.asarray(pc.is_valid(at))
+            dead = np.zeros(rows.num_rows, bool)
+            if matched.any():
+                pos = np.asarray(at.filter(pa.array(matched))).astype(np.int64)
+                newer = _newer(events.take(pa.array(pos)), rows.filter(pa.array(matched)))
+                dead[np.flatnonzero(matched)[newer]] = True
+                keep_event[pos[~newer]] = False
+            # The label of every other affected row follows curated/labels.
+            check = ~dead
+            if (m := relabel.mask(rows)) is not None:
+                check &= np.asarray(m)
+            old = rows["label"]
+            new_label = pc.take(
+                looked_up["label"], pc.index_in(rows["sample_id"], value_set=looked_up["sample_id"])
+            )
+            changed = check & ~np.asarray(
+                pc.fill_null(pc.equal(old, new_label), False)
+            ) & ~(np.asarray(pc.is_null(old)) & np.asarray(pc.is_null(new_label)))
+            gone = dead | changed
+            if not gone.any():
+                continue
+            splits_ = split_of(rows["sample_id"])
+            hashes = rows["content_hash"].to_numpy()
+            old_np = old.to_numpy(zero_copy_only=False)
+            _account(lanes, histogram, hashes, old_np, splits_, gone, sign=-1)
+            new_np = new_label.to_numpy(zero_copy_only=False)
+            _account(lanes, histogram, hashes, new_np, splits_, changed, sign=+1)
+            superseded += int(dead.sum())
+            relabelled += int(changed.sum())
+            pick = pa.array(gone)
+            delta.append(
+                pa.table(
+                    {
+                        "segment": pa.array([seg] * int(gone.sum()), pa.string()),
+                        "sample_id": rows["sample_id"].filter(pick),
+                        "label": pc.if_else(pa.array(dead), pa.nulls(rows.num_rows, pa.int64()),
+                                            new_label).filter(pick),
+                        "dead": pa.array(dead[gone]),
+                    },
+                    schema=OVERRIDE_SCHEMA,
+                )
+            )
+
+    inserted = events.filter(pa.array(keep_event))
+    ins_label = pc.take(
+        looked_up["label"], pc.index_in(inserted["sample_id"], value_set=looked_up["sample_id"])
+    )
+    hashes = row_hash.content_hash(inserted["sample_id"], inserted["pixels"])
+    splits_ = split_of(inserted["sample_id"])
+    labels_np = ins_label.to_numpy(zero_copy_only=False)
+    _account(lanes, histogram, hashes, labels_np, splits_, np.ones(len(hashes), bool), sign=+1)
+    segments = list(state.segments)
+    if inserted.num_rows:
+        rows = pa.table(
+            {
+                "sample_id": inserted["sample_id"],
+                "pixels": inserted["pixels"],
+                "label": ins_label,
+                "captured_at": inserted["captured_at"],
+                "sequence_number": inserted["sequence_number"],
+                "partition_id": inserted["partition_id"],
+                "content_hash": pa.array(hashes, pa.uint64()),
+            }
+        ).cast(SEGMENT_SCHEMA)
+        segments.append(write_segment(lake, rows))
+    delta_table = (
+        pa.concat_tables(delta) if delta else OVERRIDE_SCHEMA.empty_table()
+    )
+    overrides_path, override_rows = state.overrides, state.override_rows
+    delta_path = None
+    if delta_table.num_rows:
+        delta_path = _write_overrides(lake, delta_table)
+        merged = _merge_overrides(lake, state.overrides, delta_table)
+        overrides_path, override_rows = _write_overrides(lake, merged), merged.num_rows
+    labelled_change = int(np.count_nonzero(~np.isnan(np.asarray(labels_np, float))))
+    return State(
+        number=state.number + 1,
+        landed=new.landed,
+        labels_lsn=lsn,
+        labels_snapshot_lsn=labels_state.snapshot_lsn if labels_state else None,
+        segments=segments,
+        overrides=overrides_path,
+        override_rows=override_rows,
+        delta=delta_path,
+        lanes=lanes,
+        histogram=histogram,
+        live_rows=state.live_rows + inserted.num_rows - superseded,
+        labelled_rows=sum(sum(v) for v in histogram.values()),
+        stats={
+            "events": events.num_rows,
+            "label_changes": changes,
+            "inserted": inserted.num_rows,
+            "inserted_labelled": labelled_change,
+            "superseded": superseded,
+            "relabelled": relabelled,
+        },
+    )
+
+
+def _account(
+    lanes: list[int],
+    histogram: dict[str, list[int]],
+    hashes: np.ndarray,
+    labels: np.ndarray,
+    splits: np.ndarray,
+    where: np.ndarray,
+    sign: int,
+) -> None:
+    """Add (sign +1) or take away (-1) these rows' labelled ones from the version's lanes and
+    the class histogram, in place."""
+    labels = np.asarray(labels, dtype=float)
+    live = where & ~np.isnan(labels)
+    if not live.any():
+        return
+    lab = labels[live].astype(np.int64)
+    sums = row_hash.lane_sums(hashes[live], lab)
+    lanes[:] = row_hash.add(lanes, sums) if sign > 0 else row_hash.subtract(lanes, sums)
+    for i, name in enumerate(SPLITS):
+        counts = np.bincount(lab[splits[live] == i], minlength=10)[:10]
+        histogram[name] = [int(a + sign * b) for a, b in zip(histogram[name], counts, strict=True)]
+
+
+def write_segment(lake: LakeStorage, rows: pa.Table) -> Segment:
+    """Rows (SEGMENT_SCHEMA) as one segment: files per split and train shard, sorted by
+    sample id, named by their content so writing the same rows twice writes the same files."""
+    digest = hashlib.sha256()
+    order = pc.sort_indices(rows, sort_keys=[("sample_id", "ascending")])
+    rows = rows.take(order)
+    digest.update(rows["content_hash"].to_numpy().tobytes())
+    digest.update(pc.fill_null(rows["label"], -1).to_numpy().tobytes())
+    seg = digest.hexdigest()[:16]
+    splits_ = split_of(rows["sample_id"])
+    shards = shard_of(rows["sample_id"])
+    files: dict[str, list[str]] = {}
+    for i, name in enumerate(SPLITS):
+        for k in range(TRAIN_SHARDS if name == "train" else 1):
+            mask = (splits_ == i) & (shards == k)
+            if not mask.any():
+                continue
+            path = f"{SEGMENT_PREFIX}/{seg}/split={name}/part-{k:03d}.parquet"
+            if not lake.exists(path):
+                lake.write_parquet(path, rows.filter(pa.array(mask)), row_group_size=64 * 1024)
+            files.setdefault(name, []).append(path)
+    return Segment(id=seg, rows=rows.num_rows, files=files)
+
+
+def _merge_overrides(lake: LakeStorage, path: str | None, delta: pa.Table) -> pa.Table:
+    """Overrides in force after `delta`: the last override per (segment, sample_id)."""
+    if path is None:
+        return delta
+    both = pa.concat_tables([lake.read_parquet(path, schema=OVERRIDE_SCHEMA), delta])
+    key = pc.binary_join_element_wise(both["segment"], both["sample_id"], "\x00")
+    keyed = pa.table({"k": key, "pos": np.arange(both.num_rows)})
+    return both.take(keyed.group_by("k").aggregate([("pos", "max")])["pos_max"])
+
+
+def _write_overrides(lake: LakeStorage, table: pa.Table) -> str:
+    digest = hashlib.sha256()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    digest.update(sink.getvalue())
+    path = f"{OVERRIDES_PREFIX}/{digest.hexdigest()[:16]}.parquet"
+    if not lake.exists(path):
+        lake.write_parquet(path, table)
+    return path
+
+
+# -- compaction --------------------------------------------------------------------------------
+
+
+def compaction_due(state: State) -> bool:
+    many_overrides = state.override_rows >= max(
+        MIN_COMPACT_OVERRIDES, MAX_OVERRIDE_SHARE * max(state.live_rows, 1)
+    )
+    return len(state.segments) > MAX_SEGMENTS or many_overrides
+
+
+def compact(lake: LakeStorage, state: State) -> State:
+    """The same rows as one segment and no overrides: a state of its own, same version.
+
+    One split file at a time (train: one shard at a time), so memory is one shard's rows. The
+    lanes are summed again from the rows written and must equal the state's: a check that the
+    incremental bookkeeping and the files agree.
+    """
+    overrides = read_overrides(lake, state.overrides)
+    seg = "c-" + hashlib.sha256(state.to_json()).hexdigest()[:16]
+    lanes = [0, 0, 0, 0]
+    files: dict[str, list[str]] = {}
+    total = 0
+    for split in SPLITS:
+        for k in range(TRAIN_SHARDS) if split == "train" else [0]:
+            shards = [k] if split == "train" else None
+            tables = [rows for _, rows in iter_rows(lake, state, split, shards=shards,
+                                                    overrides=overrides)]
+            rows = pa.concat_tables(tables).cast(SEGMENT_SCHEMA) if tables else None
+            if rows is None or rows.num_rows == 0:
+                continue
+            rows = rows.take(pc.sort_indices(rows, sort_keys=[("sample_id", "ascending")]))
+            labels = rows["label"].to_numpy(zero_copy_only=False).astype(float)
+            labelled = ~np.isnan(labels)
+            lanes = row_hash.add(lanes, row_hash.lane_sums(
+                rows["content_hash"].to_numpy()[labelled], labels[labelled].astype(np.int64)
+            ))
+            path = f"{SEGMENT_PREFIX}/{seg}/split={split}/part-{k:03d}.parquet"
+            lake.write_parquet(path, rows, row_group_size=64 * 1024)
+            files.setdefault(split, []).append(path)
+            total += rows.num_rows
+    if lanes != state.lanes:
+        raise RuntimeError(
+            f"state {state.number}: its rows hash to {row_hash.version_of(lanes)}, not "
+            f"{state.version}: the state's bookkeeping and its files disagree"
+        )
+    segment = Segment(id=seg, rows=total, files=files, compacted_from=[s.id for s in state.segments])
+    return State(
+        **{
+            **asdict(state),
+            "number": state.number + 1,
+            "segments": [segment],
+            "overrides": None,
+            "override_rows": 0,
+            "delta": None,
+            "compaction": True,
+            "stats": {},
+        }
+    )
