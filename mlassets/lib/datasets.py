@@ -145,6 +145,8 @@ class Manifest:
     files: dict[str, list[list[str]]]
     overrides: str | None
     rows: dict[str, int]
+    #: Rows per class (0..9) of each split.
+    histogram: dict[str, list[int]]
     #: The sample state it was taken from (None: written from memory, `write_dataset`).
     state: int | None = None
 
@@ -160,6 +162,7 @@ def write_manifest(lake: LakeStorage, state: State) -> Manifest:
         files={s: [list(pair) for pair in state.files(s)] for s in SPLITS},
         overrides=state.overrides,
         rows={s: int(sum(state.histogram[s])) for s in SPLITS},
+        histogram=state.histogram,
         state=state.number,
     )
     _write_once(lake, manifest)
@@ -197,7 +200,7 @@ def write_dataset(lake: LakeStorage, dataset: Dataset) -> dict[str, list[str]]:
             files.setdefault(name, []).append([segment, path])
     hist = dataset.class_histogram()
     rows = {s: int(sum(hist[s])) for s in SPLITS}
-    _write_once(lake, Manifest(dataset.version, files, None, rows))
+    _write_once(lake, Manifest(dataset.version, files, None, rows, hist))
     return {s: [p for _, p in pairs] for s, pairs in files.items()}
 
 
@@ -221,3 +224,30 @@ def read_split(
 def shard_of_path(path: str) -> int:
     """The shard number in a `.../part-<k>.parquet` name."""
     return int(path.rsplit("part-", 1)[1].split(".", 1)[0])
+
+
+def find(lake: LakeStorage, version: str, sample_id: str) -> tuple[str, int | None]:
+    """(split, label) of one sample in a version; label None when the version lacks it.
+
+    Reads only the files of the sample's split and shard, filtered on the id (segment files
+    are sorted by id, so row-group statistics skip most of each file).
+    """
+    import pyarrow.dataset as ds
+
+    ids = pa.array([sample_id], pa.string())
+    split = SPLITS[int(split_of(ids)[0])]
+    shard = int(shard_of(ids)[0])
+    manifest = read_manifest(lake, version)
+    overrides = read_overrides(lake, manifest.overrides)
+    label = None
+    for segment, path in manifest.files.get(split, []):
+        if shard_of_path(path) != shard:
+            continue
+        fs = None if lake.is_local else lake.fs
+        rows = ds.dataset(lake.path(path), filesystem=fs, format="parquet").to_table(
+            columns=["sample_id", "label"], filter=ds.field("sample_id") == sample_id
+        )
+        rows = apply_overrides(rows, overrides.get(segment))
+        if rows.num_rows and rows["label"][0].is_valid:
+            label = rows["label"][0].as_py()
+    return split, label

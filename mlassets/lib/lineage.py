@@ -432,32 +432,24 @@ def dataset_memberships(
         if version in seen or (versions is not None and version not in versions):
             continue
         seen.add(version)
-        files = _split_files(reader.lake, rec.metadata.files, version, split)
         try:
-            rows = reader.search(files, datasets.DATASET_SCHEMA, sample_id, ["label"])
+            reader.files_read += 1
+            _, label = datasets.find(reader.lake, version, sample_id)
         except FileNotFoundError:
             continue  # the version was deleted from the lake
-        label = rows["label"][0].as_py() if rows.num_rows else None
-        if rows.num_rows or versions is not None:
+        holds = label is not None
+        if holds or versions is not None:
             out.append(
                 DatasetMembership(
                     version=version,
                     split=split,
-                    holds=bool(rows.num_rows),
+                    holds=holds,
                     label=label,
                     run_id=rec.run_id,
                     built_at=datetime.fromtimestamp(rec.timestamp, UTC),
                 )
             )
     return out
-
-
-def _split_files(lake: LakeStorage, recorded: Any, version: str, split: str) -> list[str]:
-    """The files of one split: from the materialization's `files` entry, else a listing."""
-    if isinstance(recorded, dict) and recorded.get(split):
-        return list(recorded[split])
-    listed = [f for f in recorded or [] if isinstance(f, str) and f"/split={split}/" in f]
-    return listed or lake.glob(f"{datasets.dataset_dir(version)}/split={split}/part-*.parquet")
 
 
 def models_of(

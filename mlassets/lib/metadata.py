@@ -354,6 +354,9 @@ class DatasetMetadata(TableMetadata):
     landed_events_read: int = field(default=0, metadata=recorded_as("int"))
     labels_read: int = field(default=0, metadata=recorded_as("int"))
     files: list[str] = field(default_factory=list, metadata=recorded_as("json"))
+    #: The sample state the version was read from, and how many segments it spans.
+    state: int = field(default=-1, metadata=recorded_as("int"))
+    segments: int = field(default=0, metadata=recorded_as("int"))
     #: The training split's pixel distribution: the retraining sensor's drift reference.
     pixel_histogram: list[float] = field(default_factory=list, metadata=recorded_as("json"))
     column_lineage: dg.TableColumnLineage | None = field(

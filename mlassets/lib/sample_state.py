@@ -108,6 +108,9 @@ class State:
     histogram: dict[str, list[int]]
     live_rows: int
     labelled_rows: int
+    #: Pixel values 0..16 over the train split's rows as they were added: the reference
+    #: distribution for drift (rows superseded later are not taken back out; they are few).
+    pixel_counts: list[int] = field(default_factory=lambda: [0] * 17)
     compaction: bool = False
     #: This step's new events, label changes looked up, rows inserted and superseded.
     stats: dict[str, int] = field(default_factory=dict)
@@ -208,6 +211,17 @@ def advance(
             log(describe(nxt))
         else:
             log(f"state {nxt.number} was created by another build first: building on top of it")
+
+
+def taken_in(lake: LakeStorage, after: int, through: int) -> dict[str, int]:
+    """New events and label changes the states after..through took in, summed (one small
+    read per state)."""
+    total = {"events": 0, "label_changes": 0, "inserted": 0, "superseded": 0, "relabelled": 0}
+    for number in range(max(after + 1, 0), through + 1):
+        stats = read_state(lake, number).stats
+        for key in total:
+            total[key] += max(stats.get(key, 0), 0)
+    return total
 
 
 def describe(state: State) -> str:
@@ -370,9 +384,7 @@ def label_changes(
     since = state.labels_lsn
     if since is None or (labels.snapshot_lsn or "") > since:
         return _Relabel(None), -1
-    ranges = [
-        r for r in cdc.batch_ranges(lake) if r.last > since and r.first <= labels.applied_lsn
-    ]
+    ranges = [r for r in cdc.batch_ranges(lake) if r.last > since and r.first <= labels.applied_lsn]
     gaps = [g for g in cdc.chain(ranges, after=since).gaps if g[0] <= labels.applied_lsn]
     if gaps:
         return _Relabel(None), -1
@@ -431,7 +443,7 @@ def step(lake: LakeStorage, state: State, *, step_events: int = STEP_EVENTS) -> 
     scan = ids is None or len(ids) > 0
     for split in SPLITS if scan else ():
         for seg, path in state.files(split):
-            rows = lake.read_parquet(path, columns=KEY_COLUMNS + ["content_hash"])
+            rows = lake.read_parquet(path, columns=[*KEY_COLUMNS, "content_hash"])
             rows = apply_overrides(rows, overrides_now.get(seg))
             if ids is not None:
                 rows = rows.filter(pc.is_in(rows["sample_id"], value_set=ids))
@@ -454,9 +466,11 @@ def step(lake: LakeStorage, state: State, *, step_events: int = STEP_EVENTS) -> 
             new_label = pc.take(
                 looked_up["label"], pc.index_in(rows["sample_id"], value_set=looked_up["sample_id"])
             )
-            changed = check & ~np.asarray(
-                pc.fill_null(pc.equal(old, new_label), False)
-            ) & ~(np.asarray(pc.is_null(old)) & np.asarray(pc.is_null(new_label)))
+            changed = (
+                check
+                & ~np.asarray(pc.fill_null(pc.equal(old, new_label), False))
+                & ~(np.asarray(pc.is_null(old)) & np.asarray(pc.is_null(new_label)))
+            )
             gone = dead | changed
             if not gone.any():
                 continue
@@ -474,8 +488,9 @@ def step(lake: LakeStorage, state: State, *, step_events: int = STEP_EVENTS) -> 
                     {
                         "segment": pa.array([seg] * int(gone.sum()), pa.string()),
                         "sample_id": rows["sample_id"].filter(pick),
-                        "label": pc.if_else(pa.array(dead), pa.nulls(rows.num_rows, pa.int64()),
-                                            new_label).filter(pick),
+                        "label": pc.if_else(
+                            pa.array(dead), pa.nulls(rows.num_rows, pa.int64()), new_label
+                        ).filter(pick),
                         "dead": pa.array(dead[gone]),
                     },
                     schema=OVERRIDE_SCHEMA,
@@ -491,6 +506,12 @@ def step(lake: LakeStorage, state: State, *, step_events: int = STEP_EVENTS) -> 
     labels_np = ins_label.to_numpy(zero_copy_only=False)
     _account(lanes, histogram, hashes, labels_np, splits_, np.ones(len(hashes), bool), sign=+1)
     segments = list(state.segments)
+    pixel_counts = list(state.pixel_counts)
+    train = inserted.filter(pa.array(splits_ == 0))
+    if train.num_rows:
+        flat = pc.list_flatten(train["pixels"]).to_numpy(zero_copy_only=False)
+        counts = np.bincount(flat.astype(np.int64), minlength=17)[:17]
+        pixel_counts = [int(a + b) for a, b in zip(pixel_counts, counts, strict=True)]
     if inserted.num_rows:
         rows = pa.table(
             {
@@ -504,9 +525,7 @@ def step(lake: LakeStorage, state: State, *, step_events: int = STEP_EVENTS) -> 
             }
         ).cast(SEGMENT_SCHEMA)
         segments.append(write_segment(lake, rows))
-    delta_table = (
-        pa.concat_tables(delta) if delta else OVERRIDE_SCHEMA.empty_table()
-    )
+    delta_table = pa.concat_tables(delta) if delta else OVERRIDE_SCHEMA.empty_table()
     overrides_path, override_rows = state.overrides, state.override_rows
     delta_path = None
     if delta_table.num_rows:
@@ -527,6 +546,7 @@ def step(lake: LakeStorage, state: State, *, step_events: int = STEP_EVENTS) -> 
         histogram=histogram,
         live_rows=state.live_rows + inserted.num_rows - superseded,
         labelled_rows=sum(sum(v) for v in histogram.values()),
+        pixel_counts=pixel_counts,
         stats={
             "events": events.num_rows,
             "label_changes": changes,
@@ -632,17 +652,22 @@ def compact(lake: LakeStorage, state: State) -> State:
     for split in SPLITS:
         for k in range(TRAIN_SHARDS) if split == "train" else [0]:
             shards = [k] if split == "train" else None
-            tables = [rows for _, rows in iter_rows(lake, state, split, shards=shards,
-                                                    overrides=overrides)]
+            tables = [
+                rows
+                for _, rows in iter_rows(lake, state, split, shards=shards, overrides=overrides)
+            ]
             rows = pa.concat_tables(tables).cast(SEGMENT_SCHEMA) if tables else None
             if rows is None or rows.num_rows == 0:
                 continue
             rows = rows.take(pc.sort_indices(rows, sort_keys=[("sample_id", "ascending")]))
             labels = rows["label"].to_numpy(zero_copy_only=False).astype(float)
             labelled = ~np.isnan(labels)
-            lanes = row_hash.add(lanes, row_hash.lane_sums(
-                rows["content_hash"].to_numpy()[labelled], labels[labelled].astype(np.int64)
-            ))
+            lanes = row_hash.add(
+                lanes,
+                row_hash.lane_sums(
+                    rows["content_hash"].to_numpy()[labelled], labels[labelled].astype(np.int64)
+                ),
+            )
             path = f"{SEGMENT_PREFIX}/{seg}/split={split}/part-{k:03d}.parquet"
             lake.write_parquet(path, rows, row_group_size=64 * 1024)
             files.setdefault(split, []).append(path)
@@ -652,7 +677,9 @@ def compact(lake: LakeStorage, state: State) -> State:
             f"state {state.number}: its rows hash to {row_hash.version_of(lanes)}, not "
             f"{state.version}: the state's bookkeeping and its files disagree"
         )
-    segment = Segment(id=seg, rows=total, files=files, compacted_from=[s.id for s in state.segments])
+    segment = Segment(
+        id=seg, rows=total, files=files, compacted_from=[s.id for s in state.segments]
+    )
     return State(
         **{
             **asdict(state),

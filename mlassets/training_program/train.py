@@ -315,7 +315,7 @@ def bind_to_cores() -> list[int] | None:
 
 
 def train(args: Args) -> Metrics | None:
-    from mlassets.lib.datasets import dataset_dir, read_split
+    from mlassets.lib.datasets import read_manifest, read_split, shard_of_path
     from mlassets.roles.storage import LakeStorage
     from mlassets.training_program.model import build_model
 
@@ -342,13 +342,14 @@ def train(args: Args) -> Metrics | None:
             url=args.lake_url,
             connection_string=os.environ.get("MLASSETS_STORAGE_CONNECTION_STRING"),
         )
-        shards = lake.glob(f"{dataset_dir(args.dataset_version)}/split=train/part-*.parquet")
+        manifest = read_manifest(lake, args.dataset_version)
+        shards = sorted({shard_of_path(p) for p in manifest.paths("train")})
         if not shards:
             raise FileNotFoundError(f"no train split for dataset {args.dataset_version}")
-        if len(shards) >= size:
-            local = lake.read_parquet(shards[rank::size])
+        if len(shards) >= size:  # each rank reads only its own shards' files
+            local = read_split(lake, args.dataset_version, "train", shards=shards[rank::size])
         else:  # fewer shards than workers: every rank reads all, keeps every size-th row
-            everything = lake.read_parquet(shards)
+            everything = read_split(lake, args.dataset_version, "train")
             local = everything.take(pa.array(np.arange(rank, everything.num_rows, size)))
         x, y = _arrays(local)
         val = read_split(lake, args.dataset_version, "validation")

@@ -1,5 +1,7 @@
 """`training_dataset`: landed events ⨝ current labels, split by a stable hash, versioned."""
 
+import contextlib
+
 import dagster as dg
 
 from mlassets.defs.ingestion.assets import landed_events
@@ -21,11 +23,10 @@ from mlassets.roles.storage import LakeStorage
 
 # Loaded when a run or tick needs them, not when the code location loads.
 np = lazy("numpy")
-pc = lazy("pyarrow.compute")
+pa = lazy("pyarrow")
 cdc = lazy("mlassets.lib.cdc")
 datasets = lazy("mlassets.lib.datasets")
-events = lazy("mlassets.lib.events")
-landing = lazy("mlassets.lib.landing")
+sample_state = lazy("mlassets.lib.sample_state")
 
 #: Where each column of the dataset comes from (shown as column lineage in the UI).
 DATASET_LINEAGE = {
@@ -46,32 +47,34 @@ DATASET_LINEAGE = {
     kinds={"parquet"},
 )
 def training_dataset(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg.MaterializeResult:
-    files = lake.glob(f"{landing.LANDED_PREFIX}/partition=*/*.parquet")
-    columns = ["sample_id", "pixels", "captured_at", "sequence_number"]
-    landed = lake.read_parquet(files, columns=columns, schema=events.LANDED_SCHEMA)
-    current = cdc.read_labels_table(lake, columns=["sample_id", "label"])
-    _require_inputs(landed.num_rows, current.num_rows)
+    # What is new since the last build (landed events past the watermarks, label changes past
+    # the applied LSN) moves the sample state on; the version is read from it, not rebuilt.
+    state = sample_state.advance(lake, log=context.log.info)
     labels_table = lake.delta_table(LABELS_PATH)
-    dataset = datasets.build_dataset(landed, current)
-    if dataset.table.num_rows == 0:
+    _require_inputs(state.live_rows, labels_table)
+    if state.labelled_rows == 0:
         raise dg.Failure(
-            description=f"none of the {landed.num_rows:,} landed events has one of the "
-            f"{current.num_rows:,} labels: label those samples, then materialize cdc_deltas "
-            "and labels",
+            description=f"none of the {state.live_rows:,} landed samples has a label: label "
+            "those samples, then materialize cdc_deltas and labels",
             allow_retries=False,
         )
-    written = datasets.write_dataset(lake, dataset)
-    histogram = dataset.class_histogram()
+    manifest = datasets.write_manifest(lake, state)
+    histogram = state.histogram
     rows = {name: int(sum(histogram[name])) for name in datasets.SPLITS}
+    previous = DatasetMetadata.latest(context.instance)
+    # What this build took in: the steps since the previous build's state (this run's, and
+    # those scoring runs took in between).
+    read = sample_state.taken_in(lake, previous.state if previous else -1, state.number)
     context.log.info(
-        f"dataset {dataset.version}: {rows['train']} train, {rows['validation']} validation, "
-        f"{rows['test']} test rows from {landed.num_rows} landed events and "
-        f"{current.num_rows} labels"
+        f"dataset {state.version}: {rows['train']} train, {rows['validation']} validation, "
+        f"{rows['test']} test rows (state {state.number}; {read['events']:,} new events and "
+        f"{read['label_changes']:,} label changes taken in by this build)"
     )
+    pixel_total = sum(state.pixel_counts) or 1
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(dataset.version),
+        data_version=dg.DataVersion(state.version),
         metadata=DatasetMetadata(
-            version=dataset.version,
+            version=state.version,
             train_rows=rows["train"],
             validation_rows=rows["validation"],
             test_rows=rows["test"],
@@ -86,44 +89,37 @@ def training_dataset(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg
                 ),
             ),
             labels_delta_version=labels_table.version() if labels_table is not None else -1,
-            landed_ranges=_ranges_read(files),
-            landed_events_read=landed.num_rows,
-            labels_read=current.num_rows,
-            files=written,
+            landed_ranges={p: [f"0-{seq}"] for p, seq in sorted(state.landed.items())},
+            landed_events_read=read["events"],
+            labels_read=cdc.labels_row_count(labels_table),
+            files=[p for s in datasets.SPLITS for p in manifest.paths(s)],
+            state=state.number,
+            segments=len(state.segments),
             # The reference distribution for the retraining sensor's drift policy.
-            pixel_histogram=[
-                round(x, 6) for x in datasets.pixel_histogram(dataset.split("train")["pixels"])
-            ],
-            row_count=dataset.table.num_rows,
-            column_schema=column_schema(dataset.table.schema),
+            pixel_histogram=[round(c / pixel_total, 6) for c in state.pixel_counts],
+            row_count=state.labelled_rows,
+            column_schema=column_schema(
+                datasets.DATASET_SCHEMA.append(pa.field("split", pa.int8()))
+            ),
             column_lineage=column_lineage(DATASET_LINEAGE),
-            uri=lake_uri(lake.uri(datasets.dataset_dir(dataset.version))),
+            uri=lake_uri(lake.uri(datasets.manifest_path(state.version))),
         ).to_metadata(),
     )
 
 
-def _require_inputs(landed_rows: int, label_rows: int) -> None:
+def _require_inputs(live_rows: int, labels_table) -> None:
     """One line that says what to materialize first, instead of a dataset of 0 rows (and a
     class_balance failure listing ten zeros)."""
-    if landed_rows == 0:
+    if live_rows == 0:
         raise dg.Failure(
             description="no landed events yet: materialize landed_events first",
             allow_retries=False,
         )
-    if label_rows == 0:
+    if labels_table is None:
         raise dg.Failure(
             description="no labels yet: materialize cdc_deltas and labels first",
             allow_retries=False,
         )
-
-
-def _ranges_read(files: list[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for path in files:
-        rng = landing.EventRange.from_path(path)
-        key = rng.partition_id if rng else path.split("/")[-2]
-        out.setdefault(key, []).append(f"{rng.first}-{rng.last}" if rng else path.split("/")[-1])
-    return out
 
 
 def _latest_version(instance: dg.DagsterInstance) -> str | None:
@@ -141,13 +137,12 @@ def _latest_version(instance: dg.DagsterInstance) -> str | None:
 def training_dataset_class_balance(
     context: dg.AssetCheckExecutionContext, lake: LakeStorage, quality: QualityPolicy
 ) -> dg.AssetCheckResult:
+    # The version's class counts are kept with it (the sample state adds and takes away each
+    # row's label), so the check reads one small manifest, not the training rows.
     version = _latest_version(context.instance)
-    train = (
-        datasets.read_split(lake, version, "train")
-        if version
-        else datasets.DATASET_SCHEMA.empty_table()
+    counts = np.array(
+        datasets.read_manifest(lake, version).histogram["train"] if version else [0] * 10
     )
-    counts = np.bincount(train["label"].to_numpy(), minlength=10)
     threshold = quality.min_class_rows
     short = {int(c): int(n) for c, n in enumerate(counts) if n < threshold}
     return dg.AssetCheckResult(
@@ -164,28 +159,39 @@ def training_dataset_class_balance(
 @dg.asset_check(
     asset=training_dataset,
     name="splits_disjoint",
-    description="No sample id appears in two splits.",
+    description="Every row added since the previous version lies in the split its sample id "
+    "hashes to, so no sample id is in two splits (rows of earlier versions were checked then).",
     blocking=True,
 )
 def training_dataset_splits_disjoint(
     context: dg.AssetCheckExecutionContext, lake: LakeStorage
 ) -> dg.AssetCheckResult:
-    version = _latest_version(context.instance)
-    ids = (
-        {s: datasets.read_split(lake, version, s)["sample_id"] for s in datasets.SPLITS}
-        if version
-        else {}
-    )
-    overlaps = {}
-    for i, a in enumerate(datasets.SPLITS):
-        for b in datasets.SPLITS[i + 1 :]:
-            if a in ids and b in ids:
-                both = pc.is_in(ids[a], value_set=ids[b])
-                n = int(pc.sum(both).as_py() or 0)
-                if n:
-                    overlaps[f"{a}/{b}"] = n
+    records = DatasetMetadata.records(context.instance, limit=2)
+    if not records or not records[0].metadata.version:
+        return dg.AssetCheckResult(passed=True, metadata={"files_checked": 0})
+    manifest = datasets.read_manifest(lake, records[0].metadata.version)
+    seen: set[str] = set()
+    if len(records) > 1 and records[1].metadata.version:
+        with contextlib.suppress(FileNotFoundError):
+            earlier = datasets.read_manifest(lake, records[1].metadata.version)
+            seen = {seg for pairs in earlier.files.values() for seg, _ in pairs}
+    misplaced: dict[str, int] = {}
+    checked = 0
+    for index, split in enumerate(datasets.SPLITS):
+        for segment, path in manifest.files.get(split, []):
+            if segment in seen:
+                continue
+            ids = lake.read_parquet(path, columns=["sample_id"])["sample_id"]
+            checked += 1
+            if wrong := int((datasets.split_of(ids) != index).sum()):
+                misplaced[path] = wrong
     return dg.AssetCheckResult(
-        passed=not overlaps, metadata={"overlaps": dg.MetadataValue.json(overlaps)}
+        passed=not misplaced,
+        metadata={
+            "files_checked": dg.MetadataValue.int(checked),
+            "misplaced_rows": dg.MetadataValue.json(misplaced),
+        },
+        description=f"rows in the wrong split's files: {misplaced}" if misplaced else None,
     )
 
 
