@@ -1,5 +1,5 @@
-"""Scoring: which model may score, which samples still need a prediction, and the batch
-prediction itself. TensorFlow is imported only inside `score`.
+"""Scoring: which models may score, and the batch prediction itself (which samples need one
+is `scoring`'s). TensorFlow is imported only inside `load` and `score`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlassets.lib import cdc
-from mlassets.lib.datasets import latest_per_sample
-from mlassets.lib.events import LANDED_SCHEMA, PIXELS
-from mlassets.lib.landing import LANDED_PREFIX
-from mlassets.lib.layout import PREDICTIONS_PREFIX
+from mlassets.lib.events import PIXELS
 from mlassets.lib.metadata import APPROVED_MODEL, LABELS, LANDED_EVENTS, ApprovalMetadata
 from mlassets.lib.promotion import ApprovedModel
 from mlassets.roles.storage import LakeStorage
@@ -62,29 +58,6 @@ def approved_models(instance: dg.DagsterInstance, limit: int = 100) -> list[Appr
             ),
         )
     return sorted(models.values(), key=lambda m: m.version, reverse=True)
-
-
-def predictions_dir(version: str) -> str:
-    return f"{PREDICTIONS_PREFIX}/model={version}"
-
-
-def unscored_samples(lake: LakeStorage, version: str) -> pa.Table:
-    """Landed samples (latest event each) with no label and no prediction from `version`."""
-    files = lake.glob(f"{LANDED_PREFIX}/partition=*/*.parquet")
-    events = lake.read_parquet(
-        files,
-        columns=["sample_id", "pixels", "captured_at", "sequence_number"],
-        schema=LANDED_SCHEMA,
-    )
-    latest = latest_per_sample(events)
-    labeled = cdc.read_labels_table(lake, columns=["sample_id"])["sample_id"]
-    scored_files = lake.glob(f"{predictions_dir(version)}/*.parquet")
-    scored = lake.read_parquet(scored_files, columns=["sample_id"], schema=PREDICTION_SCHEMA)[
-        "sample_id"
-    ]
-    known = pa.chunked_array([*labeled.chunks, *scored.chunks], pa.string())
-    keep = pc.invert(pc.is_in(latest["sample_id"], value_set=known.combine_chunks()))
-    return latest.filter(keep).select(["sample_id", "pixels"])
 
 
 def load(model: ApprovedModel, lake: LakeStorage):

@@ -12,4 +12,4 @@ LABELS_PATH = "curated/labels"  # Delta Lake table
 SNAPSHOT_PREFIX = "snapshots/labels"
 DATASET_PREFIX = "datasets/digits"  # v=<content hash>/split=<split>/part-<k>.parquet
 MODEL_PREFIX = "models/digit_classifier"  # <version>/model.keras, metrics.json
-PREDICTIONS_PREFIX = "predictions"  # model=<version>/scored-<timestamp>.parquet
+PREDICTIONS_PREFIX = "predictions"  # model=<version>/batch=<k>/part-<j>.parquet, claims/<k>.json

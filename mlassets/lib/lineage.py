@@ -34,9 +34,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from mlassets.lib import cdc, datasets, inference, landing
+from mlassets.lib import cdc, datasets, inference, landing, scoring
 from mlassets.lib.events import LANDED_SCHEMA
-from mlassets.lib.layout import LABELS_PATH, LANDED_PREFIX, PREDICTIONS_PREFIX
+from mlassets.lib.layout import LABELS_PATH, LANDED_PREFIX
 from mlassets.lib.metadata import (
     DatasetMetadata,
     IncomingMetadata,
@@ -484,7 +484,7 @@ def models_of(
 
 def lake_predictions(reader: _Reader, sample_id: str) -> list[PredictionRef]:
     """The sample's predictions under predictions/, every model, oldest first."""
-    paths = reader.lake.glob(f"{PREDICTIONS_PREFIX}/model=*/*.parquet")
+    paths = scoring.prediction_files(reader.lake)
     columns = ["model_version", "predicted_class", "probability", "scored_at", "run_id"]
     rows = reader.search(paths, inference.PREDICTION_SCHEMA, sample_id, columns).to_pylist()
     refs = [PredictionRef(**{c: r[c] for c in columns}, source=r["file"]) for r in rows]

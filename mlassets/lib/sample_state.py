@@ -409,13 +409,16 @@ def current_labels(lake: LakeStorage, ids: pa.Array | None) -> pa.Table:
     empty = pa.table({"sample_id": pa.array([], pa.string()), "label": pa.array([], pa.int64())})
     if dt is None or (ids is not None and len(ids) == 0):
         return empty
-    dataset = dt.to_pyarrow_dataset()
-    import pyarrow.dataset as ds
-
-    flt = pc.is_valid(ds.field("label"))
-    if ids is not None:
-        flt = flt & ds.field("sample_id").isin(ids)
-    table = dataset.to_table(columns=["sample_id", "label"], filter=flt)
+    # Batch by batch (bounded memory); the filter is applied here because deltalake's
+    # datasets hold string_view columns that pushed-down `isin` filters do not compare.
+    kept = []
+    for batch in dt.to_pyarrow_dataset().to_batches(columns=["sample_id", "label"]):
+        batch = pa.Table.from_batches([batch]).cast(empty.schema)
+        mask = pc.is_valid(batch["label"])
+        if ids is not None:
+            mask = pc.and_(mask, pc.is_in(batch["sample_id"], value_set=ids))
+        kept.append(batch.filter(mask))
+    table = pa.concat_tables(kept) if kept else empty
     return table.cast(empty.schema)
 
 

@@ -1,20 +1,9 @@
-"""Scoring: only approved models score, and only samples with no label and no prediction."""
+"""Scoring: only approved models score (which samples they score: test_scoring)."""
 
 import dagster as dg
-import numpy as np
-import pyarrow as pa
-import pytest
 
-from mlassets.lib import cdc
-from mlassets.lib.events import LANDED_SCHEMA
-from mlassets.lib.inference import (
-    PREDICTION_SCHEMA,
-    approved_models,
-    predictions_dir,
-    unscored_samples,
-)
+from mlassets.lib.inference import approved_models
 from mlassets.lib.metadata import ApprovalMetadata
-from mlassets.roles.storage import LakeStorage
 
 
 def approved(instance, version, accuracy):
@@ -39,53 +28,3 @@ def test_the_approved_models_are_what_approved_model_recorded_newest_first_each_
 
 def test_without_an_approval_no_model_was_ever_allowed_to_score(instance):
     assert approved_models(instance) == []
-
-
-@pytest.fixture
-def lake(tmp_path):
-    return LakeStorage(url=f"file://{tmp_path}/lake")
-
-
-def landed(lake, ids, path="landed/events/partition=0/seq=0-9.parquet"):
-    n = len(ids)
-    lake.write_parquet(
-        path,
-        pa.table(
-            {
-                "sample_id": ids,
-                "pixels": [[1] * 64] * n,
-                "source": ["s"] * n,
-                "captured_at": pa.array(np.arange(n), pa.timestamp("us", tz="UTC")),
-                "partition_id": ["0"] * n,
-                "sequence_number": list(range(n)),
-                "offset": [0] * n,
-                "enqueued_time": pa.array(np.zeros(n, np.int64), pa.timestamp("us", tz="UTC")),
-            },
-            schema=LANDED_SCHEMA,
-        ),
-    )
-
-
-def test_unscored_samples_are_unlabeled_and_not_yet_predicted_by_this_model(lake):
-    landed(lake, ["a", "b", "c", "d", "a"])  # "a" twice: scored once
-    lake.write_delta(cdc.LABELS_PATH, pa.table({"sample_id": ["b"], "label": [3]}))
-    lake.write_parquet(
-        f"{predictions_dir('m1')}/scored-1.parquet",
-        PREDICTION_SCHEMA.empty_table().cast(PREDICTION_SCHEMA),
-    )
-    assert sorted(unscored_samples(lake, "m1")["sample_id"].to_pylist()) == ["a", "c", "d"]
-    done = pa.table(
-        {
-            "sample_id": ["c"],
-            "predicted_class": [1],
-            "probability": [0.9],
-            "model_version": ["m1"],
-            "scored_at": pa.array([0], pa.timestamp("us", tz="UTC")),
-            "run_id": ["r1"],
-        },
-        schema=PREDICTION_SCHEMA,
-    )
-    lake.write_parquet(f"{predictions_dir('m1')}/scored-2.parquet", done)
-    assert sorted(unscored_samples(lake, "m1")["sample_id"].to_pylist()) == ["a", "d"]
-    # A newer model has predicted nothing yet: it scores every unlabeled sample again.
-    assert sorted(unscored_samples(lake, "m2")["sample_id"].to_pylist()) == ["a", "c", "d"]

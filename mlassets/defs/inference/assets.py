@@ -10,13 +10,14 @@ sample gets two predictions from one model.
 """
 
 import time
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 
 import dagster as dg
 
 from mlassets.defs.ingestion.assets import landed_events
 from mlassets.defs.ingestion.incoming import incoming_events
 from mlassets.defs.training.promotion import approved_model
+from mlassets.lib.layout import PREDICTIONS_PREFIX
 from mlassets.lib.lazy import lazy
 from mlassets.lib.metadata import (
     INFERENCE_OUTPUTS,
@@ -31,6 +32,8 @@ from mlassets.roles.storage import LakeStorage
 # Loaded when a run or tick needs them, not when the code location loads.
 np = lazy("numpy")
 inference = lazy("mlassets.lib.inference")
+sample_state = lazy("mlassets.lib.sample_state")
+scoring = lazy("mlassets.lib.scoring")
 promotion = lazy("mlassets.lib.promotion")
 
 
@@ -85,70 +88,114 @@ def inference_outputs(
             "train_model approves it)",
             allow_retries=False,
         )
-    samples = inference.unscored_samples(lake, model.version)
-    keras_model = inference.load(model, lake) if samples.num_rows else None
-    started = time.perf_counter()
-    predictions = inference.score(keras_model, samples, model.version, run_id=context.run_id)
-    seconds = time.perf_counter() - started
-    path = None
-    if predictions.num_rows:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        path = f"{inference.predictions_dir(model.version)}/scored-{stamp}.parquet"
-        lake.write_parquet(path, predictions)
+    # New landings and label changes move the sample state on; then each claim of this
+    # model's chain scores what is new since the one before it (module `scoring`).
+    state = sample_state.advance(lake, log=context.log.info)
+    tally = _Tally()
+    loaded: list = []
+
+    def keras_model():
+        if not loaded:
+            loaded.append(inference.load(model, lake))
+        return loaded[0]
+
+    claims = scoring.read_claims(lake, model.version)
+    for i, claim in enumerate(claims):
+        if not claim.done:  # a scoring killed, or still running: its batch is scored again
+            context.log.info(f"batch {claim.number}: finishing an earlier scoring's claim")
+            _score_claim(
+                lake, model, claim, claims[i - 1] if i else None, keras_model, tally, context.run_id
+            )
+    head = claims[-1] if claims else None
+    while head is None or head.state < state.number:
+        claim = scoring.next_claim(state, head, context.run_id)
+        if not scoring.try_claim(lake, model.version, claim):
+            context.log.info(f"batch {claim.number} was claimed by another scoring first")
+            head = scoring.read_claims(lake, model.version)[-1]
+            continue
+        _score_claim(lake, model, claim, head, keras_model, tally, context.run_id)
+        head = claim
     context.log.info(
-        f"model {model.version} scored {predictions.num_rows} samples in {seconds:.2f}s"
-        + (f" -> {path}" if path else " (nothing new to score)")
+        f"model {model.version} scored {tally.rows} samples in {tally.seconds:.2f}s"
+        + ("" if tally.rows else " (nothing new to score)")
     )
-    # The upsert is keyed by (sample_id, model_version), so exporting the model's whole
-    # folder again is idempotent and also heals an export that failed after scoring.
-    export_meta = {}
-    if lake.glob(f"{inference.predictions_dir(model.version)}/*.parquet"):
-        export = data_factory.run_pipeline(
-            "export_predictions",
-            {
-                "sourceFolder": inference.predictions_dir(model.version),
-                "targetTable": "predictions",
-            },
-            log=context.log,
-        )
-        export_meta = run_metadata(export, prefix="export_")
-    classes = predictions["predicted_class"].to_numpy()
-    confidence = predictions["probability"].to_numpy()
-    counts = np.bincount(classes, minlength=10) if len(classes) else np.zeros(10, int)
+    # Each batch is exported once it is done; one whose export failed is exported again by
+    # the next scoring (the upsert is keyed by (sample_id, model_version): idempotent).
+    export_meta: dict = {}
+    for claim in scoring.read_claims(lake, model.version):
+        if claim.done and not claim.exported:
+            export = data_factory.run_pipeline(
+                "export_predictions",
+                {
+                    "sourceFolder": scoring.batch_dir(model.version, claim.number),
+                    "targetTable": "predictions",
+                },
+                log=context.log,
+            )
+            scoring.mark_exported(lake, model.version, claim.number)
+            export_meta = run_metadata(export, prefix="export_")
+    counts = tally.counts
+    seconds = tally.seconds
     from mlassets.lib.tables import running_total
 
     previous = ScoringMetadata.latest(context.instance)
     return dg.MaterializeResult(
         metadata=ScoringMetadata(
-            rows_scored=predictions.num_rows,
+            rows_scored=tally.rows,
             model_version=model.version,
             model_test_accuracy=model.test_accuracy,
-            mean_confidence=float(confidence.mean()) if len(confidence) else 0.0,
-            rows_per_second=(
-                round(predictions.num_rows / seconds, 1)
-                if seconds and predictions.num_rows
-                else 0.0
-            ),
+            mean_confidence=tally.confidence / tally.rows if tally.rows else 0.0,
+            rows_per_second=round(tally.rows / seconds, 1) if seconds and tally.rows else 0.0,
             class_distribution=dg.MetadataValue.table(
                 [dg.TableRecord({"class": c, "rows": int(counts[c])}) for c in range(10)],
                 schema=dg.TableSchema(
                     columns=[dg.TableColumn("class", "int"), dg.TableColumn("rows", "int")]
                 ),
             ),
-            path=lake.uri(inference.predictions_dir(model.version)),
+            path=lake.uri(scoring.model_dir(model.version)),
             export_run=export_meta,
             # Every prediction in the lake, of every model: carried, not counted.
             row_count=running_total(
                 previous.row_count if previous else None,
-                predictions.num_rows,
+                tally.rows,
                 lake,
-                f"{inference.PREDICTIONS_PREFIX}/model=*/*.parquet",
+                f"{PREDICTIONS_PREFIX}/model=*/batch=*/*.parquet",
             ),
             column_schema=column_schema(inference.PREDICTION_SCHEMA),
             column_lineage=column_lineage(inference.PREDICTION_LINEAGE),
-            uri=lake_uri(lake.uri(inference.PREDICTIONS_PREFIX)),
+            uri=lake_uri(lake.uri(PREDICTIONS_PREFIX)),
         ).to_metadata(),
     )
+
+
+@dataclass
+class _Tally:
+    """What a scoring run scored, over all its batches and chunks."""
+
+    rows: int = 0
+    seconds: float = 0.0
+    confidence: float = 0.0
+    counts: list[int] = field(default_factory=lambda: [0] * 10)
+
+
+def _score_claim(lake, model, claim, previous, keras_model, tally: _Tally, run_id: str) -> None:
+    """Score one claim's samples chunk by chunk, each chunk one file named by its position."""
+    batch = scoring.plan(lake, claim, previous)
+    written = 0
+    for j, chunk in enumerate(scoring.samples(lake, batch, model.version)):
+        started = time.perf_counter()
+        predictions = inference.score(keras_model(), chunk, model.version, run_id=run_id)
+        tally.seconds += time.perf_counter() - started
+        path = f"{scoring.batch_dir(model.version, claim.number)}/part-{j:05d}.parquet"
+        lake.write_parquet(path, predictions)
+        written += predictions.num_rows
+        classes = predictions["predicted_class"].to_numpy()
+        tally.counts = (np.array(tally.counts) + np.bincount(classes, minlength=10)).tolist()
+        tally.confidence += float(predictions["probability"].to_numpy().sum())
+    tally.rows += written
+    scoring.mark_done(lake, model.version, claim.number, written)
+    if not written:  # nothing to export
+        scoring.mark_exported(lake, model.version, claim.number)
 
 
 score_events = dg.define_asset_job(

@@ -1,0 +1,195 @@
+"""Which samples a model scores next, each exactly once, at the cost of what is new.
+
+A model's scorings form a chain of claims, ``predictions/model=<v>/claims/<k>.json``, like
+the landing's: claim k names the sample state it scores through and the state's segments,
+and is created with a conditional create, so of two scorings at once exactly one scores
+each batch. Its predictions go to ``predictions/model=<v>/batch=<k>/part-<j>.parquet`` and a
+``<k>.done`` marker closes it. A claim without its marker (a scoring killed, or still running)
+is scored again by the next scoring: its samples are a function of the states alone, and the
+files are named by position, so a second writer replaces rather than adds.
+
+What claim k scores: the unlabelled live rows of segments its predecessor had not covered,
+less the samples that had a row in a covered segment (scored already, or labelled then), plus
+the rows of covered segments whose label was retracted since (checked against this model's
+predictions, which only then are read). A compaction folds covered segments into one, which
+stays covered; one that folds in rows not yet covered makes the next claim score every
+unlabelled row not already predicted (rare: compaction follows a build, scoring each landing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlassets.lib import sample_state
+from mlassets.lib.layout import PREDICTIONS_PREFIX
+from mlassets.lib.sample_state import SPLITS, State
+from mlassets.roles.storage import LakeStorage
+
+#: Rows scored and written at a time: the bound on a scoring's memory.
+CHUNK_ROWS = 262_144
+
+
+def model_dir(version: str) -> str:
+    return f"{PREDICTIONS_PREFIX}/model={version}"
+
+
+def claim_path(version: str, k: int) -> str:
+    return f"{model_dir(version)}/claims/{k:08d}.json"
+
+
+def done_path(version: str, k: int) -> str:
+    return f"{model_dir(version)}/claims/{k:08d}.done"
+
+
+def batch_dir(version: str, k: int) -> str:
+    return f"{model_dir(version)}/batch={k:08d}"
+
+
+@dataclass
+class ScoringClaim:
+    number: int
+    #: The sample state it scores through, and that state's segments (covered after it).
+    state: int
+    segments: list[str]
+    owner: str = ""
+    claimed_at: str = ""
+    done: bool = False
+    exported: bool = False
+
+
+@dataclass
+class Batch:
+    """What one claim scores: (segment, file, row filter) reads."""
+
+    claim: ScoringClaim
+    previous: ScoringClaim | None
+    reads: list[tuple[str, str, pa.Array | None, bool]] = field(default_factory=list)
+    #: True when rows already predicted must be filtered out (retractions, a compaction).
+    check_predicted: bool = False
+
+
+def read_claims(lake: LakeStorage, version: str) -> list[ScoringClaim]:
+    """The model's claims in order, each with whether its batch is done and exported."""
+    names = lake.glob(f"{model_dir(version)}/claims/*")
+    done = {n.rsplit("/", 1)[1].split(".")[0] for n in names if n.endswith(".done")}
+    exported = {n.rsplit("/", 1)[1].split(".")[0] for n in names if n.endswith(".exported")}
+    out = []
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        raw = json.loads(lake.read_bytes(name))
+        stem = name.rsplit("/", 1)[1].split(".")[0]
+        raw.update(done=stem in done, exported=stem in exported)
+        out.append(ScoringClaim(**raw))
+    return sorted(out, key=lambda c: c.number)
+
+
+def try_claim(lake: LakeStorage, version: str, claim: ScoringClaim) -> bool:
+    record = {k: v for k, v in asdict(claim).items() if k not in ("done", "exported")}
+    return lake.create_exclusive(claim_path(version, claim.number), json.dumps(record).encode())
+
+
+def mark_done(lake: LakeStorage, version: str, k: int, rows: int) -> None:
+    lake.write_bytes(done_path(version, k), json.dumps({"rows": rows}).encode())
+
+
+def mark_exported(lake: LakeStorage, version: str, k: int) -> None:
+    lake.write_bytes(f"{model_dir(version)}/claims/{k:08d}.exported", b"{}")
+
+
+def next_claim(state: State, previous: ScoringClaim | None, run_id: str | None) -> ScoringClaim:
+    return ScoringClaim(
+        number=previous.number + 1 if previous else 0,
+        state=state.number,
+        segments=[s.id for s in state.segments],
+        owner=f"{run_id or 'no-run'}@{socket.gethostname()}:{os.getpid()}",
+        claimed_at=datetime.now(UTC).isoformat(),
+    )
+
+
+def plan(lake: LakeStorage, claim: ScoringClaim, previous: ScoringClaim | None) -> Batch:
+    """The reads that give claim's samples, from the states between its predecessor and it."""
+    state = sample_state.read_state(lake, claim.state)
+    batch = Batch(claim, previous)
+    covered = set(previous.segments) if previous else set()
+    resent: list[pa.Array] = []
+    retracted: list[pa.Array] = []
+    full = False
+    for number in range((previous.state + 1) if previous else claim.state + 1, claim.state + 1):
+        step = sample_state.read_state(lake, number)
+        if step.compaction:
+            merged = next(s for s in step.segments if s.compacted_from)
+            if set(merged.compacted_from) <= covered:
+                covered = (covered - set(merged.compacted_from)) | {merged.id}
+            else:
+                full = True
+        elif step.delta is not None:
+            delta = lake.read_parquet(step.delta, schema=sample_state.OVERRIDE_SCHEMA)
+            old = delta.filter(pc.is_in(delta["segment"], value_set=pa.array(sorted(covered))))
+            resent.append(old.filter(old["dead"])["sample_id"])
+            lost = pc.and_(pc.invert(old["dead"]), pc.is_null(old["label"]))
+            retracted.append(old.filter(lost)["sample_id"])
+    if full or previous is None:
+        batch.check_predicted = previous is not None
+        for split in SPLITS:
+            batch.reads += [(seg, path, None, False) for seg, path in state.files(split)]
+        return batch
+    skip = _unique(resent)
+    back = _unique(retracted)
+    for split in SPLITS:
+        for seg, path in state.files(split):
+            if seg not in covered:
+                batch.reads.append((seg, path, skip, False))
+            elif len(back):
+                batch.reads.append((seg, path, back, True))
+    batch.check_predicted = bool(len(back))
+    return batch
+
+
+def _unique(arrays: list[pa.Array]) -> pa.Array:
+    if not arrays:
+        return pa.array([], pa.string())
+    return pc.unique(pa.chunked_array(arrays, pa.string()).combine_chunks())
+
+
+def samples(lake: LakeStorage, batch: Batch, model_version: str) -> Iterator[pa.Table]:
+    """The batch's samples (sample_id, pixels), in chunks of at most CHUNK_ROWS."""
+    state = sample_state.read_state(lake, batch.claim.state)
+    overrides = sample_state.read_overrides(lake, state.overrides)
+    predicted = _predicted(lake, model_version, batch) if batch.check_predicted else None
+    for seg, path, ids, keep_only in batch.reads:
+        rows = lake.read_parquet(path, columns=["sample_id", "pixels", "label"])
+        rows = sample_state.apply_overrides(rows, overrides.get(seg))
+        rows = rows.filter(pc.is_null(rows["label"]))
+        if ids is not None and len(ids):
+            hit = pc.is_in(rows["sample_id"], value_set=ids)
+            rows = rows.filter(hit if keep_only else pc.invert(hit))
+        elif keep_only:
+            continue
+        if predicted is not None and len(predicted):
+            rows = rows.filter(pc.invert(pc.is_in(rows["sample_id"], value_set=predicted)))
+        for start in range(0, rows.num_rows, CHUNK_ROWS):
+            yield rows.slice(start, CHUNK_ROWS).select(["sample_id", "pixels"])
+
+
+def _predicted(lake: LakeStorage, version: str, batch: Batch) -> pa.Array:
+    """Sample ids this model has predictions for, in batches before this claim."""
+    ids = []
+    for k in range(batch.claim.number):
+        for path in lake.glob(f"{batch_dir(version, k)}/*.parquet"):
+            ids.append(lake.read_parquet(path, columns=["sample_id"])["sample_id"])
+    return _unique([c for a in ids for c in a.chunks])
+
+
+def prediction_files(lake: LakeStorage, version: str | None = None) -> list[str]:
+    """Every prediction file (of one model, or of all)."""
+    model = f"model={version}" if version else "model=*"
+    return lake.glob(f"{PREDICTIONS_PREFIX}/{model}/batch=*/*.parquet")
