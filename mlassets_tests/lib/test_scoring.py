@@ -69,7 +69,7 @@ def test_a_model_scores_every_unlabelled_sample_then_only_new_ones(db, lake):
     label(db, {s: 1 for s in ids("a", 10)})
     sync(db, lake)
     assert sorted(run_scoring(lake)) == ids("a", 30)[10:]
-    hub.land(ids("b", 5) + [ids("a", 30)[20]], minute=5)  # a re-sent, already scored sample
+    hub.land([*ids("b", 5), ids("a", 30)[20]], minute=5)  # a re-sent, already scored sample
     assert sorted(run_scoring(lake)) == ids("b", 5)
     assert run_scoring(lake) == []  # nothing new
     assert predicted(lake) == sorted(ids("a", 30)[10:] + ids("b", 5))
