@@ -32,7 +32,7 @@ def run_scoring(lake, version="m1", die_after_claim=False) -> list[str]:
         if not claim.done:
             scored += score(lake, version, claim, claims[i - 1] if i else None)
     head = claims[-1] if claims else None
-    while head is None or head.state < state.number:
+    while state.number >= 0 and (head is None or head.state < state.number):
         claim = scoring.next_claim(state, head, "run")
         if not scoring.try_claim(lake, version, claim):
             head = scoring.read_claims(lake, version)[-1]

@@ -107,7 +107,7 @@ def inference_outputs(
                 lake, model, claim, claims[i - 1] if i else None, keras_model, tally, context.run_id
             )
     head = claims[-1] if claims else None
-    while head is None or head.state < state.number:
+    while state.number >= 0 and (head is None or head.state < state.number):
         claim = scoring.next_claim(state, head, context.run_id)
         if not scoring.try_claim(lake, model.version, claim):
             context.log.info(f"batch {claim.number} was claimed by another scoring first")
