@@ -14,12 +14,12 @@ import pytest
 import sqlalchemy as sa
 
 from mlassets.defs.resources import build_resources
+from mlassets.lib import scoring
 from mlassets.lib.layout import (
     DATASET_PREFIX,
     LABELS_PATH,
     LANDED_PREFIX,
     MODEL_PREFIX,
-    PREDICTIONS_PREFIX,
 )
 from mlassets.roles.lake_access import LakeAccessError
 from mlassets.roles.storage import LakeStorage
@@ -251,9 +251,10 @@ def test_everything_the_demo_wrote_to_the_lake_is_on_blob_not_in_the_data_dir(bl
     landed = lake.read_parquet(lake.glob(f"{LANDED_PREFIX}/partition=*/*.parquet"))
     assert landed.num_rows == 2490
     assert lake.delta_table(LABELS_PATH) is not None  # labels synced as Delta on Blob
-    assert lake.glob(f"{DATASET_PREFIX}/v=*/split=train/part-*.parquet")  # the dataset
+    assert lake.glob(f"{DATASET_PREFIX}/v=*/manifest.json")  # the dataset's version
+    assert lake.glob(f"{DATASET_PREFIX}/segments/*/split=train/part-*.parquet")  # its rows
     assert lake.glob(f"{MODEL_PREFIX}/*/model.keras")  # the model the Horovod workers wrote
-    assert lake.glob(f"{PREDICTIONS_PREFIX}/model=*/*.parquet")  # scoring's output
+    assert scoring.prediction_files(lake)  # scoring's output
 
 
 @pytest.mark.azurite
@@ -263,9 +264,7 @@ def test_every_unlabeled_sample_on_the_blob_lake_has_its_prediction_in_sql(blob_
     landed = lake.read_parquet(
         lake.glob(f"{LANDED_PREFIX}/partition=*/*.parquet"), columns=["sample_id"]
     )
-    scored = lake.read_parquet(
-        lake.glob(f"{PREDICTIONS_PREFIX}/model=*/*.parquet"), columns=["sample_id"]
-    )
+    scored = lake.read_parquet(scoring.prediction_files(lake), columns=["sample_id"])
     engine = sa.create_engine(f"sqlite:///{root / 'data' / 'labels.db'}")
     with engine.connect() as conn:
         labeled = {r[0] for r in conn.execute(sa.text("SELECT sample_id FROM labels"))}

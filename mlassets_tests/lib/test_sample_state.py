@@ -14,6 +14,7 @@ from mlassets.lib.events import LANDED_SCHEMA
 from mlassets.lib.landing import EventRange
 from mlassets.roles.storage import LakeStorage
 from mlassets.twins.labels_db import SqliteLabelsDatabase
+from mlassets_tests.conftest import AZURITE_ACCOUNT
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -25,9 +26,16 @@ def db(tmp_path):
     database.dispose()
 
 
-@pytest.fixture
-def lake(tmp_path):
-    return LakeStorage(url=f"file://{tmp_path}/lake")
+@pytest.fixture(params=["local", pytest.param("blob", marks=pytest.mark.azurite)])
+def lake(request, tmp_path):
+    """The same specification on a local folder and on Blob Storage (Azurite)."""
+    if request.param == "local":
+        return LakeStorage(url=f"file://{tmp_path}/lake")
+    container = request.getfixturevalue("azurite_container")
+    return LakeStorage(
+        url=f"abfs://{container}@{AZURITE_ACCOUNT}.dfs.core.windows.net/lake",
+        connection_string=request.getfixturevalue("azurite"),
+    )
 
 
 class Hub:

@@ -8,6 +8,7 @@ import pytest
 from mlassets.lib import sample_state, scoring
 from mlassets.roles.storage import LakeStorage
 from mlassets.twins.labels_db import SqliteLabelsDatabase
+from mlassets_tests.conftest import AZURITE_ACCOUNT
 from mlassets_tests.lib.test_sample_state import Hub, ids, label, sync
 
 
@@ -18,9 +19,16 @@ def db(tmp_path):
     database.dispose()
 
 
-@pytest.fixture
-def lake(tmp_path):
-    return LakeStorage(url=f"file://{tmp_path}/lake")
+@pytest.fixture(params=["local", pytest.param("blob", marks=pytest.mark.azurite)])
+def lake(request, tmp_path):
+    """The same specification on a local folder and on Blob Storage (Azurite)."""
+    if request.param == "local":
+        return LakeStorage(url=f"file://{tmp_path}/lake")
+    container = request.getfixturevalue("azurite_container")
+    return LakeStorage(
+        url=f"abfs://{container}@{AZURITE_ACCOUNT}.dfs.core.windows.net/lake",
+        connection_string=request.getfixturevalue("azurite"),
+    )
 
 
 def run_scoring(lake, version="m1", die_after_claim=False) -> list[str]:
