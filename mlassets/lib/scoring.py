@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -193,3 +193,48 @@ def prediction_files(lake: LakeStorage, version: str | None = None) -> list[str]
     """Every prediction file (of one model, or of all)."""
     model = f"model={version}" if version else "model=*"
     return lake.glob(f"{PREDICTIONS_PREFIX}/{model}/batch=*/*.parquet")
+
+
+#: Scores one chunk of a claim: (claim, chunk number, samples) -> rows written.
+ScoreChunk = Callable[[ScoringClaim, int, pa.Table], int]
+
+
+def score_new(
+    lake: LakeStorage,
+    version: str,
+    state: State,
+    score_chunk: ScoreChunk,
+    *,
+    run_id: str | None = None,
+    log: Callable[[str], None] = lambda _m: None,
+) -> int:
+    """Finish the claims an interrupted scoring left, then claim and score, batch after
+    batch, through `state`; returns the rows scored. What another scoring claims first is
+    left to it."""
+    claims = read_claims(lake, version)
+    rows = 0
+
+    def run(claim: ScoringClaim, previous: ScoringClaim | None) -> None:
+        nonlocal rows
+        written = 0
+        for j, chunk in enumerate(samples(lake, plan(lake, claim, previous), version)):
+            written += score_chunk(claim, j, chunk)
+        mark_done(lake, version, claim.number, written)
+        if not written:  # nothing to export
+            mark_exported(lake, version, claim.number)
+        rows += written
+
+    for i, claim in enumerate(claims):
+        if not claim.done:  # a scoring killed, or still running: its batch is scored again
+            log(f"batch {claim.number}: finishing an earlier scoring's claim")
+            run(claim, claims[i - 1] if i else None)
+    head = claims[-1] if claims else None
+    while state.number >= 0 and (head is None or head.state < state.number):
+        claim = next_claim(state, head, run_id)
+        if not try_claim(lake, version, claim):
+            log(f"batch {claim.number} was claimed by another scoring first")
+            head = read_claims(lake, version)[-1]
+            continue
+        run(claim, head)
+        head = claim
+    return rows

@@ -1,6 +1,8 @@
 """What a model scores (mlassets.lib.scoring): every unlabelled sample once, and after new
 events only those, whatever runs, overlaps or is killed in between."""
 
+import contextlib
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -34,36 +36,21 @@ def lake(request, tmp_path):
 def run_scoring(lake, version="m1", die_after_claim=False) -> list[str]:
     """What the inference_outputs asset does, with a fake model: the ids it scored."""
     state = sample_state.advance(lake)
-    claims = scoring.read_claims(lake, version)
     scored: list[str] = []
-    for i, claim in enumerate(claims):
-        if not claim.done:
-            scored += score(lake, version, claim, claims[i - 1] if i else None)
-    head = claims[-1] if claims else None
-    while state.number >= 0 and (head is None or head.state < state.number):
-        claim = scoring.next_claim(state, head, "run")
-        if not scoring.try_claim(lake, version, claim):
-            head = scoring.read_claims(lake, version)[-1]
-            continue
+
+    def score_chunk(claim, j, chunk) -> int:
         if die_after_claim:
-            return scored
-        scored += score(lake, version, claim, head)
-        head = claim
-    return scored
-
-
-def score(lake, version, claim, previous) -> list[str]:
-    batch = scoring.plan(lake, claim, previous)
-    out = []
-    for j, chunk in enumerate(scoring.samples(lake, batch, version)):
-        n = chunk.num_rows
+            raise KeyboardInterrupt  # killed after claiming, before writing anything
         lake.write_parquet(
             f"{scoring.batch_dir(version, claim.number)}/part-{j:05d}.parquet",
-            pa.table({"sample_id": chunk["sample_id"], "predicted_class": np.zeros(n, int)}),
+            pa.table({"sample_id": chunk["sample_id"], "predicted_class": np.zeros(len(chunk))}),
         )
-        out += chunk["sample_id"].to_pylist()
-    scoring.mark_done(lake, version, claim.number, len(out))
-    return out
+        scored.extend(chunk["sample_id"].to_pylist())
+        return chunk.num_rows
+
+    with contextlib.suppress(KeyboardInterrupt):
+        scoring.score_new(lake, version, state, score_chunk, run_id="run")
+    return scored
 
 
 def predicted(lake, version="m1") -> list[str]:

@@ -99,22 +99,19 @@ def inference_outputs(
             loaded.append(inference.load(model, lake))
         return loaded[0]
 
-    claims = scoring.read_claims(lake, model.version)
-    for i, claim in enumerate(claims):
-        if not claim.done:  # a scoring killed, or still running: its batch is scored again
-            context.log.info(f"batch {claim.number}: finishing an earlier scoring's claim")
-            _score_claim(
-                lake, model, claim, claims[i - 1] if i else None, keras_model, tally, context.run_id
-            )
-    head = claims[-1] if claims else None
-    while state.number >= 0 and (head is None or head.state < state.number):
-        claim = scoring.next_claim(state, head, context.run_id)
-        if not scoring.try_claim(lake, model.version, claim):
-            context.log.info(f"batch {claim.number} was claimed by another scoring first")
-            head = scoring.read_claims(lake, model.version)[-1]
-            continue
-        _score_claim(lake, model, claim, head, keras_model, tally, context.run_id)
-        head = claim
+    def score_chunk(claim, j: int, chunk) -> int:
+        started = time.perf_counter()
+        predictions = inference.score(keras_model(), chunk, model.version, run_id=context.run_id)
+        tally.seconds += time.perf_counter() - started
+        lake.write_parquet(
+            f"{scoring.batch_dir(model.version, claim.number)}/part-{j:05d}.parquet", predictions
+        )
+        tally.add(predictions)
+        return predictions.num_rows
+
+    scoring.score_new(
+        lake, model.version, state, score_chunk, run_id=context.run_id, log=context.log.info
+    )
     context.log.info(
         f"model {model.version} scored {tally.rows} samples in {tally.seconds:.2f}s"
         + ("" if tally.rows else " (nothing new to score)")
@@ -177,25 +174,11 @@ class _Tally:
     confidence: float = 0.0
     counts: list[int] = field(default_factory=lambda: [0] * 10)
 
-
-def _score_claim(lake, model, claim, previous, keras_model, tally: _Tally, run_id: str) -> None:
-    """Score one claim's samples chunk by chunk, each chunk one file named by its position."""
-    batch = scoring.plan(lake, claim, previous)
-    written = 0
-    for j, chunk in enumerate(scoring.samples(lake, batch, model.version)):
-        started = time.perf_counter()
-        predictions = inference.score(keras_model(), chunk, model.version, run_id=run_id)
-        tally.seconds += time.perf_counter() - started
-        path = f"{scoring.batch_dir(model.version, claim.number)}/part-{j:05d}.parquet"
-        lake.write_parquet(path, predictions)
-        written += predictions.num_rows
+    def add(self, predictions) -> None:
         classes = predictions["predicted_class"].to_numpy()
-        tally.counts = (np.array(tally.counts) + np.bincount(classes, minlength=10)).tolist()
-        tally.confidence += float(predictions["probability"].to_numpy().sum())
-    tally.rows += written
-    scoring.mark_done(lake, model.version, claim.number, written)
-    if not written:  # nothing to export
-        scoring.mark_exported(lake, model.version, claim.number)
+        self.counts = (np.array(self.counts) + np.bincount(classes, minlength=10)).tolist()
+        self.confidence += float(predictions["probability"].to_numpy().sum())
+        self.rows += predictions.num_rows
 
 
 score_events = dg.define_asset_job(
