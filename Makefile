@@ -8,7 +8,7 @@ export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 # Quiet TensorFlow's C++ start-up chatter in training subprocesses.
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: setup setup-tests demo test ui daemon lint bench clean-data
+.PHONY: setup setup-tests demo test ui daemon lint bench bench-scale clean-data
 
 setup:
 	@scripts/bootstrap.sh
@@ -36,6 +36,10 @@ lint: setup-tests
 
 bench: setup
 	$(BIN)/python -m benchmarks
+
+# The data path at 1M and 10M landed events (about 15 minutes, a few GB of disk)
+bench-scale: setup
+	$(BIN)/python -m benchmarks scale
 
 # Forget the embedded services' data and the Dagster run history (keeps dagster.yaml)
 clean-data:

@@ -1,4 +1,6 @@
-"""Run every benchmark module (benchmarks/bench_*.py, each with `run() -> list[Row]`)."""
+"""Run every benchmark module (benchmarks/bench_*.py, each with `run() -> list[Row]`), or the
+ones named (`python -m benchmarks scoring cdc`). `scale` (minutes, gigabytes) runs only when
+named: `python -m benchmarks scale`."""
 
 from __future__ import annotations
 
@@ -9,13 +11,17 @@ import sys
 import benchmarks
 from benchmarks.common import Row, render
 
+#: Run only when named.
+OPT_IN = {"scale"}
+
 
 def main(selected: list[str]) -> int:
     rows: list[Row] = []
     for mod in sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__)):
-        if not mod.startswith("bench_") or (
-            selected and mod.removeprefix("bench_") not in selected
-        ):
+        name = mod.removeprefix("bench_")
+        if not mod.startswith("bench_") or (selected and name not in selected):
+            continue
+        if not selected and name in OPT_IN:
             continue
         print(f"running {mod} ...", file=sys.stderr, flush=True)
         rows += importlib.import_module(f"benchmarks.{mod}").run()
