@@ -25,16 +25,34 @@ processes, on a local disk or on Blob Storage, never land an event twice and nev
 - Local writes go through ``<name>.<uuid>.tmp`` files that no listing matches; a landing
   sweeps those older than TEMP_GRACE_SECONDS (a concurrent write's own stays). Blob writes
   are single uploads that commit whole or not at all.
+
+Compaction (`mlassets.lib.compaction`) merges small landed files into bigger ones with the
+same naming and compacts the chain behind a checkpoint, so what a landing lists stays small:
+
+- A reader sees each sequence number once because it reads only *live* files (`live_files`,
+  `landed_paths`): a file whose range lies inside another's is left out. A compaction killed
+  between writing its merged file and deleting the small ones, or a claim finished late
+  after its range was compacted, leaves such files; both hold rows the bigger file holds.
+- A claim is done when a live file covers its range, so a compacted range is never landed
+  again as unfinished.
+- ``checkpoint=<last>.json`` beside the claims says "0..last are claimed and done"; the
+  claims inside it are then removed and the chain is read from the newest checkpoint. The
+  claims are listed before the checkpoints, so a chain never starts from a checkpoint older
+  than the claims it saw removed. A run whose chain was read before a checkpoint may win a
+  create where a removed claim stood: `try_claim` checks, after every create, that no
+  checkpoint covers the position, and a stale run removes its claim and reads the chain again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -48,12 +66,18 @@ from mlassets.roles.storage import LakeStorage
 
 #: Key-value metadata of a landed file: the Dagster run that wrote it.
 RUN_ID_KEY = "mlassets.run_id"
+#: Key-value metadata of a merged file: JSON [[first, last, run id or null], ...], the run
+#: that landed each range it holds (row-level lineage reads it like RUN_ID_KEY).
+RUN_RANGES_KEY = "mlassets.run_ranges"
 
 #: A temporary file younger than this may belong to a write still in flight: never swept.
 TEMP_GRACE_SECONDS = 600.0
 
 _FILE = re.compile(r"partition=(?P<p>[^/]+)/seq=(?P<first>\d+)-(?P<last>\d+)\.parquet$")
 _CLAIM = re.compile(r"partition=(?P<p>[^/]+)/seq=(?P<first>\d+)\.json$")
+_CHECKPOINT = re.compile(r"partition=(?P<p>[^/]+)/checkpoint=(?P<last>\d+)\.json$")
+#: How often a chain is read again when a compaction removed claims while it was read.
+_CHAIN_READS = 5
 
 
 @dataclass(frozen=True, order=True)
@@ -101,13 +125,90 @@ def split(partition_id: str, first: int, last: int, max_size: int) -> list[Event
     ]
 
 
+def live(ranges: Iterable[EventRange]) -> list[EventRange]:
+    """`ranges` sorted, without those that lie inside another (of the same partition): the
+    files a reader reads, each sequence number once. A compaction killed before deleting
+    what it merged, or a claim finished after its range was compacted, leaves such files."""
+    out: list[EventRange] = []
+    for r in sorted(ranges, key=lambda r: (r.partition_id, r.first, -r.last)):
+        if out and out[-1].partition_id == r.partition_id and r.last <= out[-1].last:
+            continue  # kept ranges end ever later: the last kept one is the widest so far
+        out.append(r)
+    return out
+
+
+def listed_files(
+    lake: LakeStorage, partition_id: str | None = None, prefix: str = LANDED_PREFIX
+) -> list[EventRange]:
+    """Every range-named file under `prefix` (landed or quarantine), live or not, sorted."""
+    pattern = f"{prefix}/partition={partition_id or '*'}/seq=*.parquet"
+    return sorted(r for path in lake.glob(pattern) if (r := EventRange.from_path(path)))
+
+
+def live_files(
+    lake: LakeStorage, partition_id: str | None = None, prefix: str = LANDED_PREFIX
+) -> list[EventRange]:
+    """The files under `prefix` to read, from names alone: each sequence number once.
+
+    Read `r.landed_path` (or `r.quarantine_path` for QUARANTINE_PREFIX) of each."""
+    return live(listed_files(lake, partition_id, prefix))
+
+
+def landed_paths(lake: LakeStorage) -> list[str]:
+    """Every landed Parquet file a reader of the landed table reads, sorted, each event
+    once: the live hub files and the drops imported from `incoming/` (not range-named)."""
+    paths = lake.glob(f"{LANDED_PREFIX}/partition=*/*.parquet")
+    ranges = [r for path in paths if (r := EventRange.from_path(path)) is not None]
+    keep = {r.landed_path for r in live(ranges)}
+    return [path for path in paths if path in keep or EventRange.from_path(path) is None]
+
+
 def landed_ranges(lake: LakeStorage) -> dict[str, list[EventRange]]:
-    """What has landed, per partition, sorted, read from file names alone."""
+    """What has landed, per partition, sorted, read from file names alone (live files)."""
     out: dict[str, list[EventRange]] = {}
-    for path in lake.glob(f"{LANDED_PREFIX}/partition=*/seq=*.parquet"):
-        if (r := EventRange.from_path(path)) is not None:
-            out.setdefault(r.partition_id, []).append(r)
-    return {p: sorted(rs) for p, rs in out.items()}
+    for r in live_files(lake):
+        out.setdefault(r.partition_id, []).append(r)
+    return out
+
+
+def covering(files: list[EventRange], rng: EventRange) -> EventRange | None:
+    """The file of `files` (live, sorted, one partition) that holds all of `rng`, if any."""
+    i = bisect_right([f.first for f in files], rng.first) - 1
+    return files[i] if i >= 0 and files[i].last >= rng.last else None
+
+
+@dataclass(frozen=True)
+class FileRuns:
+    """Which run landed each row of one landed file, from its footer."""
+
+    path: str
+    #: The run stamped on a file as landed (RUN_ID_KEY).
+    run_id: str | None = None
+    #: A merged file's ranges: (first, last, run id or None).
+    ranges: tuple[tuple[int, int, str | None], ...] = ()
+
+    @classmethod
+    def from_footer(cls, path: str, kv: Mapping[bytes, bytes] | None) -> FileRuns:
+        kv = kv or {}
+        if raw := kv.get(RUN_RANGES_KEY.encode()):
+            try:
+                ranges = tuple((int(a), int(b), r) for a, b, r in json.loads(raw))
+            except (ValueError, TypeError):
+                ranges = ()  # a footer edited by hand: say "unknown", do not fail lineage
+            return cls(path, None, tuple(sorted(ranges)))
+        run = kv.get(RUN_ID_KEY.encode())
+        return cls(path, run.decode() if run else None)
+
+    def source(self, sequence_number: int) -> tuple[str, str | None]:
+        """(the file that row was landed in, as a landing recorded it; the run, if known)."""
+        if not self.ranges:
+            return self.path, self.run_id
+        i = bisect_right([r[0] for r in self.ranges], sequence_number) - 1
+        rng = EventRange.from_path(self.path)
+        if i < 0 or rng is None or self.ranges[i][1] < sequence_number:
+            return self.path, None
+        first, last, run = self.ranges[i]
+        return EventRange(rng.partition_id, first, last).landed_path, run
 
 
 def watermarks(landed: dict[str, list[EventRange]]) -> dict[str, int]:
@@ -128,6 +229,27 @@ def claim_path(partition_id: str, first: int) -> str:
     return f"{CLAIMS_PREFIX}/partition={partition_id}/seq={first}.json"
 
 
+def checkpoint_path(partition_id: str, last: int) -> str:
+    """ "0..last of the partition are claimed and done": claims inside it may be removed."""
+    return f"{CLAIMS_PREFIX}/partition={partition_id}/checkpoint={last}.json"
+
+
+def checkpoints(lake: LakeStorage, partition_id: str) -> list[int]:
+    """The partition's checkpoints (their `last`), oldest first."""
+    pattern = f"{CLAIMS_PREFIX}/partition={partition_id}/checkpoint=*.json"
+    return sorted(int(m["last"]) for path in lake.glob(pattern) if (m := _CHECKPOINT.search(path)))
+
+
+def claim_starts(lake: LakeStorage, partition_id: str) -> list[int]:
+    """Where the partition's claim files start (inside a checkpoint or after), sorted."""
+    pattern = f"{CLAIMS_PREFIX}/partition={partition_id}/seq=*.json"
+    return sorted(int(m["first"]) for path in lake.glob(pattern) if (m := _CLAIM.search(path)))
+
+
+class StaleChain(RuntimeError):
+    """A claim was tried where a compaction had checkpointed: the chain read is stale."""
+
+
 @dataclass(frozen=True)
 class Claim:
     """One link of a partition's chain: the range one run took."""
@@ -139,15 +261,17 @@ class Claim:
 
 @dataclass
 class Chain:
-    """A partition's claims in sequence order, as read from the lake."""
+    """A partition's claims in sequence order after its newest checkpoint, as read."""
 
     partition_id: str
     claims: list[Claim]
+    #: The newest checkpoint: 0..base are claimed and done; -1 when there is none.
+    base: int = -1
 
     @property
     def head(self) -> int:
         """The last claimed sequence number; -1 before the first claim."""
-        return self.claims[-1].range.last if self.claims else -1
+        return self.claims[-1].range.last if self.claims else self.base
 
     @property
     def unfinished(self) -> list[EventRange]:
@@ -155,44 +279,52 @@ class Chain:
 
 
 def read_chain(lake: LakeStorage, partition_id: str) -> Chain:
-    """The partition's chain: claims listed first, landed files second (a file that
-    appears in between only makes a claim look unfinished, which costs a rewrite).
+    """The partition's chain from its newest checkpoint: claims listed first, checkpoints
+    second (so none the claims listing missed was removed inside a newer checkpoint than the
+    one the chain starts from), landed files last (a file that appears in between only makes
+    a claim look unfinished, which costs a rewrite).
 
-    A claim's end is read from its landed file's name when exactly one starts there, so
-    only unfinished claims (and the first) cost a read.
+    A claim is done when a live file covers it. Its end is read from the live file starting
+    where it does, so only unfinished claims (and the first) cost a read.
     """
-    starts = {
-        int(m["first"])
-        for path in lake.glob(f"{CLAIMS_PREFIX}/partition={partition_id}/seq=*.json")
-        if (m := _CLAIM.search(path))
-    }
-    files: dict[int, list[EventRange]] = {}
-    for path in lake.glob(f"{LANDED_PREFIX}/partition={partition_id}/seq=*.parquet"):
-        if (r := EventRange.from_path(path)) is not None:
-            files.setdefault(r.first, []).append(r)
-    if 0 not in starts:
+    for _ in range(_CHAIN_READS - 1):
+        try:
+            return _read_chain(lake, partition_id)
+        except FileNotFoundError:  # a compaction removed a claim while it was read
+            continue
+    return _read_chain(lake, partition_id)
+
+
+def _read_chain(lake: LakeStorage, partition_id: str) -> Chain:
+    starts = set(claim_starts(lake, partition_id))
+    base = max(checkpoints(lake, partition_id), default=-1)
+    files = live_files(lake, partition_id)
+    if base < 0 and 0 not in starts:
         if not files:
             return Chain(partition_id, [])
         _adopt(lake, partition_id, files)
         starts.add(0)
+    by_first = {r.first: r for r in files}
     claims: list[Claim] = []
-    pos = 0
+    pos = base + 1
     while pos in starts:
-        here = files.get(pos, [])
-        if pos > 0 and len(here) == 1:
-            claims.append(Claim(here[0], done=True))
+        here = by_first.get(pos)
+        if pos > 0 and here is not None:
+            # A file (landed, or merged from whole claims) starts here: all of it is claimed.
+            claims.append(Claim(here, done=True))
         else:
             record = _read_claim(lake, partition_id, pos)
             rng = EventRange(partition_id, pos, record["last"])
-            claims.append(Claim(rng, done=bool(record.get("adopted")) or rng in here))
+            done = bool(record.get("adopted")) or covering(files, rng) is not None
+            claims.append(Claim(rng, done=done))
         pos = claims[-1].range.last + 1
-    return Chain(partition_id, claims)
+    return Chain(partition_id, claims, base)
 
 
-def _adopt(lake: LakeStorage, partition_id: str, files: dict[int, list[EventRange]]) -> None:
+def _adopt(lake: LakeStorage, partition_id: str, files: list[EventRange]) -> None:
     """A lake landed before claims existed: one first claim covers all its files, so they
     are neither landed again nor overlapped. Concurrent adopters see the same files."""
-    last = max(r.last for rs in files.values() for r in rs)
+    last = max(r.last for r in files)
     record = {"partition": partition_id, "first": 0, "last": last, "adopted": True}
     lake.create_exclusive(claim_path(partition_id, 0), json.dumps(record).encode())
 
@@ -211,7 +343,8 @@ def _read_claim(lake: LakeStorage, partition_id: str, first: int) -> dict:
 
 def try_claim(lake: LakeStorage, rng: EventRange, owner: str) -> tuple[EventRange, bool]:
     """Claim `rng` at the end of its chain: (rng, True) when this run won, else (the
-    range the winner took, False)."""
+    range the winner took, False). Raises StaleChain when a checkpoint covers rng.first:
+    the chain was read before a compaction, and the position is not the chain's end."""
     record = {
         "partition": rng.partition_id,
         "first": rng.first,
@@ -219,12 +352,33 @@ def try_claim(lake: LakeStorage, rng: EventRange, owner: str) -> tuple[EventRang
         "owner": owner,
         "claimed_at": datetime.now(UTC).isoformat(),
     }
-    if lake.create_exclusive(claim_path(rng.partition_id, rng.first), json.dumps(record).encode()):
+    path = claim_path(rng.partition_id, rng.first)
+    if lake.create_exclusive(path, json.dumps(record).encode()):
+        # Checked after the create: a claim removed inside a checkpoint was removed after the
+        # checkpoint was written, so a create that took its place sees the checkpoint here.
+        if _checkpointed(lake, rng):
+            remove_file(lake, path)  # inside a checkpoint nothing reads a claim: any is stale
+            raise StaleChain(f"partition {rng.partition_id} seq {rng.first}: checkpointed")
         return rng, True
-    theirs = _read_claim(lake, rng.partition_id, rng.first)
+    try:
+        theirs = _read_claim(lake, rng.partition_id, rng.first)
+    except FileNotFoundError:  # a stale claim its run removed, or a compaction did
+        raise StaleChain(f"partition {rng.partition_id} seq {rng.first}: removed") from None
+    if _checkpointed(lake, rng):  # the claim we lost to may be another stale run's
+        raise StaleChain(f"partition {rng.partition_id} seq {rng.first}: checkpointed")
     held = EventRange(rng.partition_id, rng.first, int(theirs["last"]))
     # A retried upload whose first attempt went through is refused as taken: it is ours.
     return held, theirs.get("owner") == owner and theirs.get("claimed_at") == record["claimed_at"]
+
+
+def _checkpointed(lake: LakeStorage, rng: EventRange) -> bool:
+    return max(checkpoints(lake, rng.partition_id), default=-1) >= rng.first
+
+
+def remove_file(lake: LakeStorage, path: str) -> None:
+    """Delete one file; gone already (another run or compaction removed it) is fine."""
+    with contextlib.suppress(FileNotFoundError):
+        lake.fs.rm_file(lake.path(path))
 
 
 def next_range(
@@ -286,8 +440,8 @@ def land_range(
     stamp = {RUN_ID_KEY: run_id} if run_id else None
     written = 0
     if decoded.quarantined.num_rows:
-        written += lake.write_parquet(rng.quarantine_path, _stamped(decoded.quarantined, stamp))
-    written += lake.write_parquet(rng.landed_path, _stamped(decoded.landed, stamp))
+        written += _write(lake, rng, rng.quarantine_path, _stamped(decoded.quarantined, stamp))
+    written += _write(lake, rng, rng.landed_path, _stamped(decoded.landed, stamp))
     return LandingResult(
         range=rng,
         rewrite=rewrite,
@@ -298,6 +452,18 @@ def land_range(
         seconds=time.perf_counter() - started,
         reasons=decoded.reasons,
     )
+
+
+def _write(lake: LakeStorage, rng: EventRange, path: str, table: pa.Table) -> int:
+    """Write one of a range's files; 0 bytes when a compaction deleted it as soon as it was
+    in place (this run finished a claim another had finished and a merged file holds)."""
+    try:
+        return lake.write_parquet(path, table)
+    except FileNotFoundError:
+        prefix = QUARANTINE_PREFIX if path == rng.quarantine_path else LANDED_PREFIX
+        if covering(live_files(lake, rng.partition_id, prefix), rng) is None:
+            raise
+        return 0
 
 
 def _stamped(table: pa.Table, stamp: dict[str, str] | None) -> pa.Table:
@@ -354,7 +520,12 @@ def land(
                 rng = next_range(
                     pid, chain.head, want, end, props[pid].beginning_sequence_number, max_size
                 )
-                held, won = try_claim(lake, rng, owner)
+                try:
+                    held, won = try_claim(lake, rng, owner)
+                except StaleChain as stale:
+                    log(f"{stale}: reading the chain again")
+                    chain = read_chain(lake, pid)
+                    continue
                 chain.claims.append(Claim(held, done=False))
                 if won:
                     land_one(held, rewrite=False)

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from mlassets.lib import cdc, datasets, inference, landing, scoring
 from mlassets.lib.events import LANDED_SCHEMA
-from mlassets.lib.layout import LABELS_PATH, LANDED_PREFIX
+from mlassets.lib.layout import LABELS_PATH
 from mlassets.lib.metadata import (
     DatasetMetadata,
     IncomingMetadata,
@@ -301,23 +301,28 @@ class _Reader:
             filesystem=None if self.lake.is_local else self.lake.fs,
         )
 
-    def footer_run_id(self, path: str) -> str | None:
+    def footer_runs(self, path: str) -> landing.FileRuns:
+        """Which run landed each row of `path`, from its footer (a merged file's lists a
+        run per range it holds)."""
         self.files_read += 1
         with self.lake.fs.open(self.lake.path(path), "rb") as f:
-            kv = pq.ParquetFile(f).metadata.metadata or {}
-        value = kv.get(landing.RUN_ID_KEY.encode())
-        return value.decode() if value else None
+            kv = pq.ParquetFile(f).metadata.metadata
+        return landing.FileRuns.from_footer(path, kv)
 
 
 def find_events(reader: _Reader, instance: dg.DagsterInstance, sample_id: str) -> list[EventRef]:
     """Every landed event of the sample, oldest first, with the run that landed its file."""
-    paths = reader.lake.glob(f"{LANDED_PREFIX}/partition=*/*.parquet")
+    # Live files only: each event once, also while a compaction is half done.
+    paths = landing.landed_paths(reader.lake)
     columns = ["partition_id", "sequence_number", "enqueued_time", "captured_at", "source"]
     rows = reader.search(paths, LANDED_SCHEMA, sample_id, columns).to_pylist()
-    runs = {f: reader.footer_run_id(f) for f in {r["file"] for r in rows}}
-    missing = {f for f, run in runs.items() if run is None}
-    if missing:
-        runs.update(_runs_from_records(instance, missing))
+    footers = {f: reader.footer_runs(f) for f in {r["file"] for r in rows}}
+    # (the file as a landing recorded it, the run): a merged file's row was landed in a
+    # smaller file, which is the one a materialization without the stamp listed.
+    for r in rows:
+        r["recorded_as"], r["run_id"] = footers[r["file"]].source(r["sequence_number"])
+    missing = {r["recorded_as"] for r in rows if r["run_id"] is None}
+    runs = _runs_from_records(instance, missing) if missing else {}
     rows.sort(
         key=lambda r: (
             r["enqueued_time"] or r["captured_at"],
@@ -334,7 +339,7 @@ def find_events(reader: _Reader, instance: dg.DagsterInstance, sample_id: str) -
         EventRef(
             **{c: r[c] for c in columns},
             file=r["file"],
-            run_id=runs.get(r["file"]),
+            run_id=r["run_id"] or runs.get(r["recorded_as"]),
             latest=i == latest,
         )
         for i, r in enumerate(rows)

@@ -1,9 +1,11 @@
 """What the landing reliability tests check: every published event is in the lake exactly once.
 
-`ledger(hub, lake)` counts each (partition, sequence number) across the landed and the
-quarantined files, and compares with what the hub holds; the landed files of a partition must
-also form one chain (no overlap, no hole) from 0 to its last event. And how the tests start
-landings in processes of their own (`landing_process.py`), all at once.
+`ledger(hub, lake)` counts each (partition, sequence number) across the live landed and
+quarantined files (what every reader reads: `landing.live_files`, which leaves out a file
+inside another's range, as a killed compaction leaves), and compares with what the hub holds;
+the landed files of a partition must also form one chain (no overlap, no hole) from 0 to its
+last event. And how the tests start landings in processes of their own
+(`landing_process.py`), all at once.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlassets.lib.landing import EventRange, landed_ranges
+import pyarrow.parquet as pq
+
+from mlassets.lib.landing import FileRuns, landed_ranges, live_files
 from mlassets.lib.layout import CLAIMS_PREFIX, LANDED_PREFIX, QUARANTINE_PREFIX
 from mlassets.roles.eventhub import EventHubResource
 from mlassets.roles.storage import LakeStorage
@@ -49,8 +53,8 @@ class Ledger:
 def ledger(hub: EventHubResource, lake: LakeStorage) -> Ledger:
     counts: Counter[tuple[str, int]] = Counter()
     for zone in (LANDED_PREFIX, QUARANTINE_PREFIX):
-        for path in lake.glob(f"{zone}/partition=*/seq=*.parquet"):
-            rng = EventRange.from_path(path)
+        for rng in live_files(lake, prefix=zone):
+            path = rng.landed_path if zone == LANDED_PREFIX else rng.quarantine_path
             seqs = lake.read_parquet(path, columns=["sequence_number"])["sequence_number"]
             counts.update((rng.partition_id, s) for s in seqs.to_pylist())
     props = hub.all_partition_properties()
@@ -98,6 +102,19 @@ def age_temp_files(lake: LakeStorage, seconds: float) -> None:
         path = lake.path(rel)
         stat = os.stat(path)
         os.utime(path, (stat.st_atime - seconds, stat.st_mtime - seconds))
+
+
+def landed_runs(lake: LakeStorage) -> dict[tuple[str, int], str | None]:
+    """(partition, first sequence number of a landed range) -> the run that landed it, from
+    the live files' footers (merged files list a run per range): claims are removed by
+    compaction, the footers keep who won."""
+    out: dict[tuple[str, int], str | None] = {}
+    for rng in live_files(lake):
+        with lake.fs.open(lake.path(rng.landed_path), "rb") as f:
+            runs = FileRuns.from_footer(rng.landed_path, pq.ParquetFile(f).metadata.metadata)
+        for first, _, run in runs.ranges or ((rng.first, rng.last, runs.run_id),):
+            out[(rng.partition_id, first)] = run
+    return out
 
 
 def claim_owners(lake: LakeStorage) -> dict[tuple[str, int], str]:

@@ -23,7 +23,7 @@ from mlassets.roles.storage import LakeStorage
 from mlassets.simulate import make_events
 from mlassets_tests.processes import stop_group
 from mlassets_tests.reliability.ledger import (
-    claim_owners,
+    landed_runs,
     landing_command,
     ledger,
     release_together,
@@ -91,11 +91,12 @@ def run_round(tmp: Path, commands: list[list[str]], env: dict[str, str]) -> None
 
 
 def winners_per_partition(lake: LakeStorage, new: dict[str, tuple[int, int]]) -> dict[str, set]:
-    """Which processes won the claims of this round's events, per partition."""
+    """Which runs (one a process) landed the claims of this round's events, per partition:
+    from the landed files' footers, as compaction removes claims once done."""
     out: dict[str, set] = defaultdict(set)
-    for (p, first), owner in claim_owners(lake).items():
+    for (p, first), run in landed_runs(lake).items():
         if p in new and first >= new[p][0]:
-            out[p].add(owner.rsplit(":", 1)[-1])  # the pid
+            out[p].add(run)
     return out
 
 
@@ -154,9 +155,17 @@ def test_cli_job_and_in_process_landings_at_once_land_every_event_once_on_a_loca
             materialize_command(go),
             # What the sensor's runs look like: the job with explicit ranges.
             landing_command(
-                "--go", go, "cli", "job", "execute", "-m", "mlassets.definitions",
-                "-j", "ingest_events",
-                "-c", config_file(tmp, explicit_ranges(new, EXPLICIT_RANGES[0])),
+                "--go",
+                go,
+                "cli",
+                "job",
+                "execute",
+                "-m",
+                "mlassets.definitions",
+                "-j",
+                "ingest_events",
+                "-c",
+                config_file(tmp, explicit_ranges(new, EXPLICIT_RANGES[0])),
             ),
             # execute_in_process (the demo), with yet other boundaries.
             landing_command(

@@ -20,6 +20,7 @@ from mlassets.roles.eventhub import EventHubResource, PartitionProperties
 from mlassets.roles.storage import LakeStorage
 
 if TYPE_CHECKING:
+    from mlassets.lib.compaction import Compaction
     from mlassets.lib.landing import LandingResult
 
 
@@ -107,6 +108,8 @@ class LandingConfig(dg.Config):
     """Which ranges to land. Empty (the UI's Materialize button): everything new."""
 
     ranges: list[RangeConfig] = []
+    #: Merge small landed files and checkpoint the claims after landing (lib/compaction).
+    compact: bool = True
 
 
 @dg.asset(
@@ -114,7 +117,9 @@ class LandingConfig(dg.Config):
     deps=[raw_events],
     group_name="ingestion",
     description="Validated, typed digit events as Parquet, one file per (partition, sequence "
-    f"range) under `{LANDED_PREFIX}/`; refused events go to `{QUARANTINE_PREFIX}/` with a reason.",
+    f"range) under `{LANDED_PREFIX}/`; refused events go to `{QUARANTINE_PREFIX}/` with a reason. "
+    "After landing, small files are merged into bigger ones named the same way and the claims "
+    "are checkpointed, so the file count stays bounded.",
     kinds={"parquet", "azure"},
     tags={"mlassets/role": "lake"},
     # One landing at a time, hub or drop (dagster_home/dagster.yaml): a courtesy that
@@ -137,36 +142,76 @@ def landed_events(
         run_id=context.run_id,
         log=context.log.info,
     )
+    compacted = compact_after_landing(context, lake) if config.compact else {}
     landed = landed_ranges(lake)
     return dg.MaterializeResult(
-        metadata=landing_metadata(
-            results,
-            lake,
-            # A rewrite finishes another run's claim: its rows may be counted already.
-            landed_table_rows(
-                context.instance, lake, sum(r.landed_rows for r in results if not r.rewrite)
-            ),
-        ).to_metadata(),
+        metadata={
+            **landing_metadata(
+                results,
+                lake,
+                # A rewrite finishes another run's claim: its rows may be counted already.
+                landed_table_rows(
+                    context.instance, lake, sum(r.landed_rows for r in results if not r.rewrite)
+                ),
+            ).to_metadata(),
+            **compacted,
+        },
         data_version=_hub_state_version(watermarks(landed)),
     )
+
+
+def compact_after_landing(
+    context: dg.AssetExecutionContext, lake: LakeStorage
+) -> dict[str, dg.MetadataValue]:
+    """Compaction's metadata. Maintenance: a failure is logged and recorded, and the landing,
+    already written, still succeeds (the next run compacts what this one left)."""
+    from mlassets.lib import compaction
+
+    try:
+        done = compaction.compact(lake, log=context.log.info, run_id=context.run_id)
+    except Exception as exc:  # reported below: compaction never fails a landing
+        context.log.warning(f"compaction failed, left to the next landing: {exc!r}")
+        return {"compaction": dg.MetadataValue.md(f"Compaction failed: `{exc!r}`")}
+    return compaction_metadata(done)
+
+
+def compaction_metadata(done: "Compaction") -> dict[str, dg.MetadataValue]:
+    """What a person reads: live landed files per partition before and after, and the cost."""
+    rows = "".join(
+        f"| {p.partition_id} | {p.files_before} | {p.files_after} | {len(p.merged)} "
+        f"| {p.bytes_read / 1e6:,.1f} | {p.bytes_written / 1e6:,.1f} | {p.claims_removed} "
+        f"| {p.checkpoint} |\n"
+        for p in done.partitions
+    )
+    skipped = [s for p in done.partitions for s in p.skipped]
+    return {
+        "compaction": dg.MetadataValue.md(
+            "| partition | files before | files after | merges | MB read | MB written "
+            "| claims removed | checkpoint |\n|---|---|---|---|---|---|---|---|\n"
+            + rows
+            + (f"\nSkipped (retried next landing): {'; '.join(skipped)}" if skipped else "")
+        ),
+        "landed_files": dg.MetadataValue.int(done.total("files_after")),
+        "compaction_merges": dg.MetadataValue.int(done.merges),
+        "compaction_bytes_written": dg.MetadataValue.int(done.total("bytes_written")),
+        "compaction_seconds": dg.MetadataValue.float(round(done.seconds, 3)),
+    }
 
 
 def landed_table_rows(instance: dg.DagsterInstance, lake: LakeStorage, added: int) -> int:
     """Rows in the landed table once `added` more have landed (a hub landing or a drop's
     import): the newest landing's total plus the drops imported since, carried through the
     event log; counted from Parquet footers only when there is no previous total."""
-    from mlassets.lib.tables import running_total
+    from mlassets.lib.landing import landed_paths
+    from mlassets.lib.tables import parquet_rows
 
     previous = LandingMetadata.latest_recorded(instance)
     if previous is not None and previous.metadata.row_count is not None:
         imports = IncomingMetadata.records(instance, previous.storage_id, limit=10_000)
         added += sum(i.metadata.net_new_rows for i in imports)
-    return running_total(
-        previous.metadata.row_count if previous else None,
-        added,
-        lake,
-        f"{LANDED_PREFIX}/partition=*/*.parquet",
-    )
+        return previous.metadata.row_count + added
+    # Live files only: a killed compaction's small files hold rows its merged file holds.
+    return parquet_rows(lake, landed_paths(lake))
 
 
 def landing_metadata(

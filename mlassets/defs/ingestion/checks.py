@@ -28,8 +28,11 @@ if TYPE_CHECKING:
     from mlassets.lib import events, landing
 
 
-def validate_landed_file(lake: LakeStorage, path: str) -> list[str]:
-    """Problems with one landed file; empty when it honours the landed contract."""
+def validate_landed_file(
+    lake: LakeStorage, path: str, only: tuple[int, int] | None = None
+) -> list[str]:
+    """Problems with one landed file (with `only`, its rows of sequence numbers first..last);
+    empty when it honours the landed contract."""
     problems: list[str] = []
     schema = lake.read_schema(path)
     if not schema.equals(events.LANDED_SCHEMA, check_metadata=False):
@@ -42,6 +45,9 @@ def validate_landed_file(lake: LakeStorage, path: str) -> list[str]:
         }
         return [f"{path}: schema differs (expected, actual): {diff}"]
     t = lake.read_parquet(path)
+    if only is not None:
+        seq_all = t["sequence_number"]
+        t = t.filter(pc.and_(pc.greater_equal(seq_all, only[0]), pc.less_equal(seq_all, only[1])))
     if t.num_rows == 0:
         return problems
     rng = landing.EventRange.from_path(path)
@@ -64,6 +70,28 @@ def validate_landed_file(lake: LakeStorage, path: str) -> list[str]:
     return problems
 
 
+def recorded_files_now(lake: LakeStorage, files: list[str]) -> dict[str, tuple[int, int] | None]:
+    """Where the rows of the files a landing recorded are now: the file itself, or, once a
+    compaction merged it, the live file holding its range (with the span to read of it)."""
+    live = landing.live_files(lake)
+    live_paths = {r.landed_path for r in live}
+    out: dict[str, tuple[int, int] | None] = {}
+    for path in files:
+        rng = landing.EventRange.from_path(path)
+        if rng is None or path in live_paths:
+            out[path] = None
+            continue
+        held = landing.covering([r for r in live if r.partition_id == rng.partition_id], rng)
+        if held is None:
+            out[path] = None  # gone and not merged: reading it reports the problem
+            continue
+        if held.landed_path in out and out[held.landed_path] is None:
+            continue  # read whole already
+        span = out.get(held.landed_path) or (rng.first, rng.last)
+        out[held.landed_path] = (min(span[0], rng.first), max(span[1], rng.last))
+    return out
+
+
 @dg.asset_check(
     asset=landed_events,
     name="schema_and_ranges",
@@ -76,7 +104,11 @@ def landed_events_schema_and_ranges(
 ) -> dg.AssetCheckResult:
     latest = LandingMetadata.latest(context.instance)
     files = latest.files if latest else []
-    problems = [p for f in files for p in validate_landed_file(lake, f)]
+    problems = [
+        p
+        for path, only in recorded_files_now(lake, files).items()
+        for p in validate_landed_file(lake, path, only)
+    ]
     partition_gaps = {
         p: g for p, rs in landing.landed_ranges(lake).items() if (g := landing.gaps(rs))
     }
