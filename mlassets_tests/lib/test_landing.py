@@ -9,11 +9,14 @@ import pytest
 
 from mlassets.lib.landing import (
     EventRange,
+    checkpoint_path,
     claim_path,
     gaps,
     land,
     land_range,
+    landed_paths,
     landed_ranges,
+    live_files,
     read_chain,
     split,
     try_claim,
@@ -292,3 +295,67 @@ def test_gaps_between_landed_ranges_are_reported():
 def test_ranges_must_be_well_formed():
     with pytest.raises(ValueError):
         EventRange("0", 5, 4)
+
+
+# -- with compaction: live files, checkpoints -------------------------------------------------
+
+
+def test_a_file_inside_another_is_neither_listed_nor_read(hub, lake):
+    publish(hub, 20)
+    p = only_partition(hub)
+    land(hub, lake, max_size=10)
+    merged = lake.read_parquet([EventRange(p, 0, 9).landed_path, EventRange(p, 10, 19).landed_path])
+    lake.write_parquet(EventRange(p, 0, 19).landed_path, merged)  # a merge, not deleted yet
+    assert landed_ranges(lake)[p] == [EventRange(p, 0, 19)]
+    assert live_files(lake, p) == [EventRange(p, 0, 19)]
+    assert landed_paths(lake) == [EventRange(p, 0, 19).landed_path]
+    drop = "landed/events/partition=incoming/drop=a.parquet"
+    lake.write_parquet(drop, merged.slice(0, 1))
+    assert landed_paths(lake) == [EventRange(p, 0, 19).landed_path, drop]
+    assert read_chain(lake, p).unfinished == [] and read_chain(lake, p).head == 19
+
+
+def test_a_claim_inside_a_merged_file_is_done_though_its_own_file_is_gone(hub, lake):
+    publish(hub, 20)
+    p = only_partition(hub)
+    land(hub, lake, max_size=5)
+    table = lake.read_parquet([r.landed_path for r in split(p, 0, 19, 5)])
+    lake.write_parquet(EventRange(p, 0, 19).landed_path, table)
+    for r in split(p, 0, 19, 5):
+        lake.delete(r.landed_path)
+    chain = read_chain(lake, p)
+    assert chain.head == 19 and chain.unfinished == []
+    assert land(hub, lake, max_size=5) == []
+
+
+def test_the_chain_reads_on_from_its_newest_checkpoint(hub, lake):
+    publish(hub, 30)
+    p = only_partition(hub)
+    land(hub, lake, [EventRange(p, 0, 19)], max_size=10)
+    lake.write_bytes(checkpoint_path(p, 9), b"{}")
+    lake.write_bytes(checkpoint_path(p, 19), b"{}")
+    lake.delete(claim_path(p, 0))
+    lake.delete(claim_path(p, 10))
+    chain = read_chain(lake, p)
+    assert (chain.base, chain.head, chain.claims) == (19, 19, [])
+    assert [r.range for r in land(hub, lake, max_size=100)] == [EventRange(p, 20, 29)]
+    assert landed_sequence_numbers(lake) == list(range(30))
+
+
+def test_a_write_a_compaction_deleted_at_once_counts_as_done_only_if_merged(hub, lake, monkeypatch):
+    publish(hub, 10)
+    p = only_partition(hub)
+    land(hub, lake, max_size=10)
+    lake.write_parquet(EventRange(p, 0, 19).landed_path, lake.read_parquet(landed_files(lake)))
+    size = LakeStorage.size
+
+    def deleted_right_after(self, relative):
+        os.remove(self.path(relative))  # a compaction removed it as soon as it was in place
+        raise FileNotFoundError(relative)
+
+    monkeypatch.setattr(LakeStorage, "size", deleted_right_after)
+    assert land_range(hub, lake, EventRange(p, 0, 9), rewrite=True).bytes_written == 0
+    lake.delete(EventRange(p, 0, 19).landed_path)
+    with pytest.raises(FileNotFoundError):  # no merged file holds it: a real failure
+        land_range(hub, lake, EventRange(p, 0, 9), rewrite=True)
+    monkeypatch.setattr(LakeStorage, "size", size)

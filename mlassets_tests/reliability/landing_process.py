@@ -21,6 +21,7 @@ POINT (no cleanup of any kind runs, as with the OOM killer or a lost node):
   mid-write        half of a landed file written to its temporary file
   after-quarantine the quarantine file of a range written, its landed file not
   after-landed     a range's landed file written
+  after-merge      a compaction's merged file written, the files it merged still there
   before-metadata  every file written, the materialization not yet recorded
 """
 
@@ -40,7 +41,7 @@ import pyarrow.parquet as pq
 
 from mlassets.defs.ingestion import assets
 from mlassets.defs.resources import local_resources
-from mlassets.lib import landing
+from mlassets.lib import compaction, landing
 from mlassets.roles import storage
 from mlassets.roles.storage import LakeStorage
 
@@ -50,6 +51,7 @@ POINTS = (
     "mid-write",
     "after-quarantine",
     "after-landed",
+    "after-merge",
     "before-metadata",
 )
 
@@ -109,6 +111,16 @@ def arm(point: str, after: int) -> None:
             return written
 
         LakeStorage.write_parquet = dying_write_parquet
+    elif point == "after-merge":
+        merge = compaction.merge
+
+        def dying_merge(*args, **kwargs):
+            done = merge(*args, **kwargs)
+            if reached():
+                die()
+            return done
+
+        compaction.merge = dying_merge
     elif point == "before-metadata":
         metadata = assets.landing_metadata
 

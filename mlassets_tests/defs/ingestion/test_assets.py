@@ -7,6 +7,7 @@ from mlassets.defs.ingestion.assets import landed_events, raw_events
 from mlassets.defs.ingestion.checks import INGESTION_CHECKS as ASSET_CHECKS
 from mlassets.defs.resources import local_resources
 from mlassets.lib.events import LANDED_SCHEMA
+from mlassets.lib.landing import EventRange, landed_paths, live_files
 from mlassets.lib.metadata import LandingMetadata
 from mlassets.simulate import make_events
 
@@ -38,7 +39,7 @@ def materialize(resources, instance, run_config=None):
 
 def landed_rows(resources):
     lake = resources["lake"]
-    return lake.read_parquet(lake.glob("landed/events/*/*.parquet"))
+    return lake.read_parquet(landed_paths(lake))  # the live files: each event once
 
 
 def test_materializing_lands_valid_events_and_quarantines_the_rest(resources, instance):
@@ -127,3 +128,32 @@ def test_observing_raw_events_reports_per_partition_sequence_numbers_and_backlog
     records = observation.metadata["partitions"].records
     assert sum(r.data["backlog"] for r in records) == 200
     assert sum(r.data["last_seq"] + 1 for r in records) == 200
+
+
+def test_a_landing_compacts_small_files_and_its_check_reads_the_merged_file(resources, instance):
+    publish(resources, 6000, malformed=20)
+    p = max(
+        resources["event_hub"].all_partition_properties(),
+        key=lambda x: x.last_enqueued_sequence_number,
+    ).partition_id  # about 1,500 events: 800 land in eight files of 100
+    ranges = [{"partition_id": p, "first": a, "last": a + 99} for a in range(0, 800, 100)]
+    result = dg.materialize(
+        [raw_events, landed_events, *ASSET_CHECKS],
+        resources=resources,
+        instance=instance,
+        selection=[landed_events],
+        run_config={"ops": {"landed_events": {"config": {"ranges": ranges}}}},
+    )
+    assert result.success
+    meta = LandingMetadata.from_run(result)
+    assert len(meta.files) == 8
+    # Block 0..511 is complete once 500..599 has landed: its six files became one.
+    assert EventRange(p, 0, 599) in live_files(resources["lake"], p)
+    recorded = result.get_asset_materialization_events()[0].materialization.metadata
+    assert recorded["compaction_merges"].value == 1
+    assert recorded["landed_files"].value == 3  # 0-599, 600-699, 700-799
+    assert f"| {p} | 8 | 3 | 1 |" in recorded["compaction"].value
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["schema_and_ranges"] is True
+    rows = landed_rows(resources)
+    assert rows.num_rows == len(set(rows["sample_id"].to_pylist()))
