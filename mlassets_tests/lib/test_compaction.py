@@ -43,8 +43,23 @@ def hub(tmp_path):
 
 
 @pytest.fixture
-def lake(tmp_path):
+def local_lake(tmp_path):
     return LakeStorage(url=f"file://{tmp_path}/lake")
+
+
+@pytest.fixture(params=["local", pytest.param("blob", marks=pytest.mark.azurite)])
+def lake(request, tmp_path):
+    """The same test on a local lake and on Blob Storage (Azurite)."""
+    if request.param == "local":
+        return LakeStorage(url=f"file://{tmp_path}/lake")
+    azurite = request.getfixturevalue("azurite")
+    container = request.getfixturevalue("azurite_container")
+    return LakeStorage(url=f"abfs://{container}/lake", connection_string=azurite)
+
+
+def fresh(lake: LakeStorage) -> LakeStorage:
+    """Another run's resource on the same lake."""
+    return LakeStorage(url=lake.url, connection_string=lake.connection_string)
 
 
 def publish(hub, n: int, malformed: int = 0, seed: int = 0) -> None:
@@ -172,7 +187,8 @@ def test_quarantine_files_merge_with_their_landed_files(hub, lake):
 def test_a_merged_footer_says_which_run_landed_each_range(hub, lake):
     ticks(hub, lake, [5, 5, 5, 5])
     merged = next(f for f in live_files(lake) if f.first == 0)
-    kv = pq.read_metadata(lake.path(merged.landed_path)).metadata
+    with lake.fs.open(lake.path(merged.landed_path), "rb") as f:
+        kv = pq.ParquetFile(f).metadata.metadata
     assert RUN_ID_KEY.encode() not in kv
     runs = FileRuns.from_footer(merged.landed_path, kv)
     assert runs.ranges[0] == (0, 4, "run-0") and runs.ranges[1] == (5, 9, "run-1")
@@ -210,7 +226,8 @@ def _killed(_lake, _path):
     raise _Killed
 
 
-def test_an_unreadable_input_skips_its_merge_and_loses_nothing(hub, lake):
+def test_an_unreadable_input_skips_its_merge_and_loses_nothing(hub, local_lake):
+    lake = local_lake
     publish(hub, 6)
     land(hub, lake, [r(0, 1)], max_size=2)
     land(hub, lake, [r(2, 5)], max_size=2)
@@ -329,7 +346,7 @@ def test_landings_and_compactions_at_once_land_and_read_every_event_once(hub, la
         try:
             pos = 0
             for size in sizes:
-                land(hub, LakeStorage(url=lake.url), [r(pos, pos + size - 1)], max_size=size)
+                land(hub, fresh(lake), [r(pos, pos + size - 1)], max_size=size)
                 pos += size
         except BaseException as exc:  # reported below
             errors.append(exc)
@@ -339,7 +356,7 @@ def test_landings_and_compactions_at_once_land_and_read_every_event_once(hub, la
     def compacting() -> None:
         try:
             while not stop.is_set():
-                merges.append(compact(LakeStorage(url=lake.url), SMALL).merges)
+                merges.append(compact(fresh(lake), SMALL).merges)
         except BaseException as exc:
             errors.append(exc)
 
@@ -378,7 +395,8 @@ def test_merged_files_are_read_like_landed_ones(hub, lake):
     assert (t.num_rows, quarantined.num_rows) == (27, 3)
 
 
-def test_merged_files_inputs_stay_for_readers_that_listed_them_then_go(hub, lake):
+def test_merged_files_inputs_stay_for_readers_that_listed_them_then_go(hub, local_lake):
+    lake = local_lake
     keeping = Policy(base=4, fanout=2, levels=3, keep_merged_seconds=600)
     publish(hub, 8)
     land(hub, lake, [r(0, 1)], max_size=2)

@@ -1,5 +1,6 @@
 """Landings at the same time, through different paths and with different boundaries, land
-every published event exactly once, on a local lake and on Blob Storage (Azurite).
+every published event exactly once, on a local lake and on Blob Storage (Azurite); each
+compacts after landing (`landed_events`), so merges run beside the other landings too.
 
 Each landing runs in a process of its own with a Dagster instance of its own (no pools, no
 run queue, nothing shared but the hub and the lake: the guarantee must come from the write
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from mlassets.defs.resources import local_resources
-from mlassets.lib.landing import split
+from mlassets.lib.landing import live_files, split
 from mlassets.roles.storage import LakeStorage
 from mlassets.simulate import make_events
 from mlassets_tests.processes import stop_group
@@ -145,6 +146,8 @@ def land_in_rounds(hub, lake, tmp_path: Path, rounds: int, env: dict, commands_f
         contended += sum(len(w) > 1 for w in winners_per_partition(lake, new).values())
     assert temp_files(lake) == []
     assert contended, "no partition had claims won by more than one landing"
+    # Each landing compacts after landing, beside the others: they must have merged files.
+    assert len(landed_runs(lake)) > len(live_files(lake)), "no landing merged a file"
 
 
 def test_cli_job_and_in_process_landings_at_once_land_every_event_once_on_a_local_lake(
