@@ -50,9 +50,11 @@ _HEAD = f"{STATE_PREFIX}/HEAD"
 
 #: Events one step reads at most: the bound on a build's memory.
 STEP_EVENTS = 1_000_000
-#: Compact when a state has more segments than this ...
-MAX_SEGMENTS = 12
-#: ... or more overrides than this share of its rows (and at least MIN_COMPACT_OVERRIDES).
+#: Merge the newest segments once this many are about the same size (see `to_compact`) ...
+MERGE_FANOUT = 4
+#: ... or whenever a state has more segments than this ...
+MAX_SEGMENTS = 24
+#: ... and rewrite all when overrides pass this share of the rows (at least MIN_COMPACT_...).
 MAX_OVERRIDE_SHARE = 0.25
 MIN_COMPACT_OVERRIDES = 10_000
 
@@ -65,16 +67,19 @@ SEGMENT_SCHEMA = pa.schema(
         pa.field("sequence_number", pa.int64(), nullable=False),
         pa.field("partition_id", pa.string(), nullable=False),
         pa.field("content_hash", pa.uint64(), nullable=False),
+        #: The state that added the row: what is new to a scoring that covered earlier states.
+        pa.field("added_in", pa.int64(), nullable=False),
     ]
 )
 #: The columns a step looks affected ids up in (no pixels).
-KEY_COLUMNS = ["sample_id", "label", "captured_at", "sequence_number", "partition_id"]
+KEY_COLUMNS = ["sample_id", "label", "captured_at", "sequence_number", "partition_id", "added_in"]
 OVERRIDE_SCHEMA = pa.schema(
     [
         pa.field("segment", pa.string(), nullable=False),
         pa.field("sample_id", pa.string(), nullable=False),
         pa.field("label", pa.int64()),
         pa.field("dead", pa.bool_(), nullable=False),
+        pa.field("added_in", pa.int64(), nullable=False),  # the overridden row's
     ]
 )
 _EVENT_COLUMNS = ["sample_id", "pixels", "captured_at", "sequence_number", "partition_id"]
@@ -88,6 +93,8 @@ class Segment:
     files: dict[str, list[str]]
     #: The segments a compaction merged into this one (empty for a step's segment).
     compacted_from: list[str] = field(default_factory=list)
+    #: The first and last state that added its rows.
+    added: list[int] = field(default_factory=lambda: [0, 0])
 
 
 @dataclass
@@ -204,7 +211,8 @@ def advance(
         previous = latest(lake) or empty_state()
         nxt = step(lake, previous, step_events=step_events)
         if nxt is None:
-            nxt = compact(lake, previous) if compaction_due(previous) else None
+            merge = to_compact(previous)
+            nxt = compact(lake, previous, merge) if merge else None
             if nxt is None:
                 return previous
         if _commit(lake, nxt):
@@ -226,7 +234,11 @@ def taken_in(lake: LakeStorage, after: int, through: int) -> dict[str, int]:
 
 def describe(state: State) -> str:
     if state.compaction:
-        return f"state {state.number}: compacted into one segment of {state.live_rows:,} rows"
+        s = state.stats
+        return (
+            f"state {state.number}: merged {s.get('merged_segments', 0)} segments "
+            f"({s.get('merged_rows', 0):,} rows); {len(state.segments)} segments now"
+        )
     s = state.stats
     return (
         f"state {state.number}: {s.get('events', 0):,} new events, "
@@ -495,6 +507,7 @@ def step(lake: LakeStorage, state: State, *, step_events: int = STEP_EVENTS) -> 
                             pa.array(dead), pa.nulls(rows.num_rows, pa.int64()), new_label
                         ).filter(pick),
                         "dead": pa.array(dead[gone]),
+                        "added_in": rows["added_in"].filter(pick),
                     },
                     schema=OVERRIDE_SCHEMA,
                 )
@@ -525,9 +538,10 @@ def step(lake: LakeStorage, state: State, *, step_events: int = STEP_EVENTS) -> 
                 "sequence_number": inserted["sequence_number"],
                 "partition_id": inserted["partition_id"],
                 "content_hash": pa.array(hashes, pa.uint64()),
+                "added_in": pa.array(np.full(inserted.num_rows, state.number + 1), pa.int64()),
             }
         ).cast(SEGMENT_SCHEMA)
-        segments.append(write_segment(lake, rows))
+        segments.append(write_segment(lake, rows, added=state.number + 1))
     delta_table = pa.concat_tables(delta) if delta else OVERRIDE_SCHEMA.empty_table()
     overrides_path, override_rows = state.overrides, state.override_rows
     delta_path = None
@@ -584,7 +598,7 @@ def _account(
         histogram[name] = [int(a + sign * b) for a, b in zip(histogram[name], counts, strict=True)]
 
 
-def write_segment(lake: LakeStorage, rows: pa.Table) -> Segment:
+def write_segment(lake: LakeStorage, rows: pa.Table, added: int) -> Segment:
     """Rows (SEGMENT_SCHEMA) as one segment: files per split and train shard, sorted by
     sample id, named by their content so writing the same rows twice writes the same files."""
     digest = hashlib.sha256()
@@ -605,7 +619,7 @@ def write_segment(lake: LakeStorage, rows: pa.Table) -> Segment:
             if not lake.exists(path):
                 lake.write_parquet(path, rows.filter(pa.array(mask)), row_group_size=64 * 1024)
             files.setdefault(name, []).append(path)
-    return Segment(id=seg, rows=rows.num_rows, files=files)
+    return Segment(id=seg, rows=rows.num_rows, files=files, added=[added, added])
 
 
 def _merge_overrides(lake: LakeStorage, path: str | None, delta: pa.Table) -> pa.Table:
@@ -633,22 +647,44 @@ def _write_overrides(lake: LakeStorage, table: pa.Table) -> str:
 # -- compaction --------------------------------------------------------------------------------
 
 
-def compaction_due(state: State) -> bool:
-    many_overrides = state.override_rows >= max(
-        MIN_COMPACT_OVERRIDES, MAX_OVERRIDE_SHARE * max(state.live_rows, 1)
-    )
-    return len(state.segments) > MAX_SEGMENTS or many_overrides
+def to_compact(state: State) -> list[Segment]:
+    """The segments to merge now, oldest first; none when no merge is due.
 
-
-def compact(lake: LakeStorage, state: State) -> State:
-    """The same rows as one segment and no overrides: a state of its own, same version.
-
-    One split file at a time (train: one shard at a time), so memory is one shard's rows. The
-    lanes are summed again from the rows written and must equal the state's: a check that the
-    incremental bookkeeping and the files agree.
+    All of them when the overrides have grown past MAX_OVERRIDE_SHARE of the rows (a full
+    rewrite every quarter of the table's size in changes: O(1) per change). Otherwise the
+    newest run in which no segment is bigger than all newer ones in the run together, once
+    it has MERGE_FANOUT segments: like a binary counter, a row is rewritten once per doubling
+    of the segment it is in, O(log n) times, and a state has O(log n) segments.
     """
+    if state.override_rows >= max(MIN_COMPACT_OVERRIDES, MAX_OVERRIDE_SHARE * state.live_rows):
+        return list(state.segments) if state.segments else []
+    run: list[Segment] = []
+    newer = 0
+    for seg in reversed(state.segments):
+        if run and seg.rows > newer:
+            break
+        run.append(seg)
+        newer += seg.rows
+    if len(run) >= MERGE_FANOUT:
+        return run[::-1]
+    if len(state.segments) > MAX_SEGMENTS:  # at least the two newest
+        return state.segments[-max(len(run), 2) :]
+    return []
+
+
+def compact(lake: LakeStorage, state: State, merge: list[Segment]) -> State:
+    """The rows of `merge` as one segment, their overrides applied and dropped: a state of
+    its own with the same version (the rows do not change, only their files).
+
+    One split file at a time (train: one shard at a time), so memory is one shard's rows of
+    the merged segments. A full compaction also sums the lanes again from the rows written;
+    they must equal the state's: a check that the incremental bookkeeping and the files agree.
+    """
+    ids = [s.id for s in merge]
+    full = len(merge) == len(state.segments)
+    part = State(**{**asdict(state), "segments": merge})
     overrides = read_overrides(lake, state.overrides)
-    seg = "c-" + hashlib.sha256(state.to_json()).hexdigest()[:16]
+    seg = "c-" + hashlib.sha256(state.to_json() + ",".join(ids).encode()).hexdigest()[:16]
     lanes = [0, 0, 0, 0]
     files: dict[str, list[str]] = {}
     total = 0
@@ -656,8 +692,7 @@ def compact(lake: LakeStorage, state: State) -> State:
         for k in range(TRAIN_SHARDS) if split == "train" else [0]:
             shards = [k] if split == "train" else None
             tables = [
-                rows
-                for _, rows in iter_rows(lake, state, split, shards=shards, overrides=overrides)
+                rows for _, rows in iter_rows(lake, part, split, shards=shards, overrides=overrides)
             ]
             rows = pa.concat_tables(tables).cast(SEGMENT_SCHEMA) if tables else None
             if rows is None or rows.num_rows == 0:
@@ -675,23 +710,35 @@ def compact(lake: LakeStorage, state: State) -> State:
             lake.write_parquet(path, rows, row_group_size=64 * 1024)
             files.setdefault(split, []).append(path)
             total += rows.num_rows
-    if lanes != state.lanes:
+    if full and lanes != state.lanes:
         raise RuntimeError(
             f"state {state.number}: its rows hash to {row_hash.version_of(lanes)}, not "
             f"{state.version}: the state's bookkeeping and its files disagree"
         )
-    segment = Segment(
-        id=seg, rows=total, files=files, compacted_from=[s.id for s in state.segments]
+    merged = Segment(
+        id=seg,
+        rows=total,
+        files=files,
+        compacted_from=ids,
+        added=[min(s.added[0] for s in merge), max(s.added[1] for s in merge)],
     )
+    first = state.segments.index(merge[0])
+    segments = [*state.segments[:first], merged, *state.segments[first + len(merge) :]]
+    overrides_path, override_rows = None, 0
+    if state.overrides is not None and not full:
+        kept = lake.read_parquet(state.overrides, schema=OVERRIDE_SCHEMA)
+        kept = kept.filter(pc.invert(pc.is_in(kept["segment"], value_set=pa.array(ids))))
+        if kept.num_rows:
+            overrides_path, override_rows = _write_overrides(lake, kept), kept.num_rows
     return State(
         **{
             **asdict(state),
             "number": state.number + 1,
-            "segments": [segment],
-            "overrides": None,
-            "override_rows": 0,
+            "segments": segments,
+            "overrides": overrides_path,
+            "override_rows": override_rows,
             "delta": None,
             "compaction": True,
-            "stats": {},
+            "stats": {"merged_segments": len(merge), "merged_rows": total},
         }
     )

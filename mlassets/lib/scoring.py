@@ -8,12 +8,11 @@ each batch. Its predictions go to ``predictions/model=<v>/batch=<k>/part-<j>.par
 is scored again by the next scoring: its samples are a function of the states alone, and the
 files are named by position, so a second writer replaces rather than adds.
 
-What claim k scores: the unlabelled live rows of segments its predecessor had not covered,
-less the samples that had a row in a covered segment (scored already, or labelled then), plus
-the rows of covered segments whose label was retracted since (checked against this model's
-predictions, which only then are read). A compaction folds covered segments into one, which
-stays covered; one that folds in rows not yet covered makes the next claim score every
-unlabelled row not already predicted (rare: compaction follows a build, scoring each landing).
+What claim k scores: the live, unlabelled rows added after its predecessor's state (each row
+records the state that added it, through compactions), less the samples that had a row
+before (scored already, or labelled then), plus the rows from before whose label was
+retracted since (checked against this model's predictions, which only then are read).
+Segments holding only older rows are not read at all.
 """
 
 from __future__ import annotations
@@ -56,9 +55,8 @@ def batch_dir(version: str, k: int) -> str:
 @dataclass
 class ScoringClaim:
     number: int
-    #: The sample state it scores through, and that state's segments (covered after it).
+    #: The sample state it scores through: rows added after its predecessor's state.
     state: int
-    segments: list[str]
     owner: str = ""
     claimed_at: str = ""
     done: bool = False
@@ -66,13 +64,27 @@ class ScoringClaim:
 
 
 @dataclass
+class Read:
+    """One file to read for a batch, and which of its live, unlabelled rows to keep."""
+
+    segment: str
+    path: str
+    #: Rows added after this state are new ...
+    added_after: int | None = None
+    #: ... except these samples, which had a row the previous batches covered.
+    skip: pa.Array | None = None
+    #: Or: only these samples (their labels were retracted since).
+    only: pa.Array | None = None
+
+
+@dataclass
 class Batch:
-    """What one claim scores: (segment, file, row filter) reads."""
+    """What one claim scores."""
 
     claim: ScoringClaim
     previous: ScoringClaim | None
-    reads: list[tuple[str, str, pa.Array | None, bool]] = field(default_factory=list)
-    #: True when rows already predicted must be filtered out (retractions, a compaction).
+    reads: list[Read] = field(default_factory=list)
+    #: True when rows already predicted must be filtered out (retractions).
     check_predicted: bool = False
 
 
@@ -88,7 +100,7 @@ def read_claims(lake: LakeStorage, version: str) -> list[ScoringClaim]:
         raw = json.loads(lake.read_bytes(name))
         stem = name.rsplit("/", 1)[1].split(".")[0]
         raw.update(done=stem in done, exported=stem in exported)
-        out.append(ScoringClaim(**raw))
+        out.append(ScoringClaim(**{k: raw[k] for k in ScoringClaim.__dataclass_fields__}))
     return sorted(out, key=lambda c: c.number)
 
 
@@ -109,47 +121,36 @@ def next_claim(state: State, previous: ScoringClaim | None, run_id: str | None) 
     return ScoringClaim(
         number=previous.number + 1 if previous else 0,
         state=state.number,
-        segments=[s.id for s in state.segments],
         owner=f"{run_id or 'no-run'}@{socket.gethostname()}:{os.getpid()}",
         claimed_at=datetime.now(UTC).isoformat(),
     )
 
 
 def plan(lake: LakeStorage, claim: ScoringClaim, previous: ScoringClaim | None) -> Batch:
-    """The reads that give claim's samples, from the states between its predecessor and it."""
+    """The reads that give a claim's samples, from the states between its predecessor's and
+    its own: a function of the states alone, so scoring a claim again scores the same rows."""
     state = sample_state.read_state(lake, claim.state)
+    before = previous.state if previous else -1
     batch = Batch(claim, previous)
-    covered = set(previous.segments) if previous else set()
     resent: list[pa.Array] = []
     retracted: list[pa.Array] = []
-    full = False
-    for number in range((previous.state + 1) if previous else claim.state + 1, claim.state + 1):
+    for number in range(before + 1, claim.state + 1):
         step = sample_state.read_state(lake, number)
-        if step.compaction:
-            merged = next(s for s in step.segments if s.compacted_from)
-            if set(merged.compacted_from) <= covered:
-                covered = (covered - set(merged.compacted_from)) | {merged.id}
-            else:
-                full = True
-        elif step.delta is not None:
-            delta = lake.read_parquet(step.delta, schema=sample_state.OVERRIDE_SCHEMA)
-            old = delta.filter(pc.is_in(delta["segment"], value_set=pa.array(sorted(covered))))
-            resent.append(old.filter(old["dead"])["sample_id"])
-            lost = pc.and_(pc.invert(old["dead"]), pc.is_null(old["label"]))
-            retracted.append(old.filter(lost)["sample_id"])
-    if full or previous is None:
-        batch.check_predicted = previous is not None
-        for split in SPLITS:
-            batch.reads += [(seg, path, None, False) for seg, path in state.files(split)]
-        return batch
-    skip = _unique(resent)
-    back = _unique(retracted)
+        if step.delta is None:
+            continue
+        delta = lake.read_parquet(step.delta, schema=sample_state.OVERRIDE_SCHEMA)
+        old = delta.filter(pc.less_equal(delta["added_in"], before))  # rows covered before
+        resent.append(old.filter(old["dead"])["sample_id"])
+        lost = pc.and_(pc.invert(old["dead"]), pc.is_null(old["label"]))
+        retracted.append(old.filter(lost)["sample_id"])
+    skip, back = _unique(resent), _unique(retracted)
     for split in SPLITS:
-        for seg, path in state.files(split):
-            if seg not in covered:
-                batch.reads.append((seg, path, skip, False))
-            elif len(back):
-                batch.reads.append((seg, path, back, True))
+        for seg in state.segments:
+            for path in seg.files.get(split, []):
+                if seg.added[1] > before:
+                    batch.reads.append(Read(seg.id, path, added_after=before, skip=skip))
+                if len(back) and seg.added[0] <= before:
+                    batch.reads.append(Read(seg.id, path, only=back))
     batch.check_predicted = bool(len(back))
     return batch
 
@@ -165,23 +166,49 @@ def samples(lake: LakeStorage, batch: Batch, model_version: str) -> Iterator[pa.
     state = sample_state.read_state(lake, batch.claim.state)
     overrides = sample_state.read_overrides(lake, state.overrides)
     predicted = _predicted(lake, model_version, batch) if batch.check_predicted else None
-    for seg, path, ids, keep_only in batch.reads:
-        rows = lake.read_parquet(path, columns=["sample_id", "pixels", "label"])
-        rows = sample_state.apply_overrides(rows, overrides.get(seg))
-        rows = rows.filter(pc.is_null(rows["label"]))
-        if ids is not None and len(ids):
-            hit = pc.is_in(rows["sample_id"], value_set=ids)
-            rows = rows.filter(hit if keep_only else pc.invert(hit))
-        elif keep_only:
-            continue
-        if predicted is not None and len(predicted):
+    columns = ["sample_id", "pixels", "label", "added_in"]
+    for read in batch.reads:
+        if read.only is not None:
+            rows = _rows_of(lake, read.path, read.only, columns)
+        else:
+            rows = lake.read_parquet(read.path, columns=columns)
+            if read.added_after is not None and read.added_after >= 0:
+                rows = rows.filter(pc.greater(rows["added_in"], read.added_after))
+        rows = sample_state.apply_overrides(rows, overrides.get(read.segment))
+        keep = pc.is_null(rows["label"])
+        if read.skip is not None and len(read.skip):
+            keep = pc.and_(keep, pc.invert(pc.is_in(rows["sample_id"], value_set=read.skip)))
+        if read.only is not None:
+            keep = pc.and_(keep, pc.less_equal(rows["added_in"], batch.previous.state))
+        rows = rows.filter(keep)
+        if predicted is not None and len(predicted) and read.only is not None:
             rows = rows.filter(pc.invert(pc.is_in(rows["sample_id"], value_set=predicted)))
         for start in range(0, rows.num_rows, CHUNK_ROWS):
             yield rows.slice(start, CHUNK_ROWS).select(["sample_id", "pixels"])
 
 
+def _rows_of(lake: LakeStorage, path: str, ids: pa.Array, columns: list[str]) -> pa.Table:
+    """The rows of `ids` in one file: the id column first, then only the row groups that hold
+    a match (files are sorted by id, so a few retractions read a few row groups)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    with lake.fs.open(lake.path(path), "rb") as f:
+        pf = pq.ParquetFile(f)
+        hit = np.flatnonzero(
+            np.asarray(pc.is_in(pf.read(columns=["sample_id"])["sample_id"], value_set=ids))
+        )
+        if not len(hit):
+            return pf.schema_arrow.empty_table().select(columns)
+        bounds = np.cumsum([pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
+        groups = sorted(set(np.searchsorted(bounds, hit, side="right").tolist()))
+        table = pf.read_row_groups(groups, columns=columns)
+    return table.filter(pc.is_in(table["sample_id"], value_set=ids))
+
+
 def _predicted(lake: LakeStorage, version: str, batch: Batch) -> pa.Array:
-    """Sample ids this model has predictions for, in batches before this claim."""
+    """Sample ids this model has predictions for, in batches before this claim (read only
+    when retractions ask: a sample scored while unlabelled, labelled, then retracted)."""
     ids = []
     for k in range(batch.claim.number):
         for path in lake.glob(f"{batch_dir(version, k)}/*.parquet"):

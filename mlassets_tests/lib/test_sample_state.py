@@ -222,3 +222,19 @@ def test_a_lost_race_builds_on_the_winner(db, lake):
     hub.land(ids("b", 5))
     state = sample_state.advance(lake)
     assert state.number == 1 and state.live_rows == 25
+
+
+def test_many_small_steps_keep_few_segments_and_rewrite_each_row_a_few_times(db, lake):
+    hub = Hub(lake)
+    for k in range(32):
+        hub.land(ids(f"t{k}", 10), minute=k)
+        label(db, {s: k % 10 for s in ids(f"t{k}", 10)})
+    sync(db, lake)
+    state = sample_state.advance(lake, step_events=10)  # one tick's file per step
+    merged = [
+        sample_state.read_state(lake, n).stats.get("merged_rows", 0)
+        for n in range(state.number + 1)
+    ]
+    assert len(state.segments) <= 6  # O(log n): 32 steps of 10 rows
+    assert sum(merged) <= 320 * 5  # each row rewritten at most log2(32) times
+    assert_equals_full_rebuild(lake, db, hub, state)
