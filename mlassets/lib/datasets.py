@@ -30,6 +30,7 @@ from mlassets.lib.sample_state import (
     apply_overrides,
     latest_per_sample,
     read_overrides,
+    unpack_pixels,
 )
 from mlassets.lib.splits import SPLITS, TRAIN_SHARDS, shard_of, split_of, stable_hash
 from mlassets.roles.storage import LakeStorage
@@ -217,7 +218,9 @@ def read_split(
             continue
         rows = lake.read_parquet(path, columns=["sample_id", "pixels", "label"])
         rows = apply_overrides(rows, overrides.get(segment))
-        tables.append(rows.filter(pc.is_valid(rows["label"])).cast(DATASET_SCHEMA))
+        rows = rows.filter(pc.is_valid(rows["label"]))
+        rows = rows.set_column(1, "pixels", unpack_pixels(rows["pixels"]))
+        tables.append(rows.cast(DATASET_SCHEMA))
     return pa.concat_tables(tables) if tables else DATASET_SCHEMA.empty_table()
 
 

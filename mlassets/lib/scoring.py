@@ -32,7 +32,8 @@ from mlassets.lib.layout import PREDICTIONS_PREFIX
 from mlassets.lib.sample_state import SPLITS, State
 from mlassets.roles.storage import LakeStorage
 
-#: Rows scored and written at a time: the bound on a scoring's memory.
+#: Rows per prediction file, read and scored at a time (the model itself predicts in smaller
+#: chunks, `model.SCORING_CHUNK`): what bounds a scoring's memory apart from TensorFlow.
 CHUNK_ROWS = 262_144
 
 
@@ -165,7 +166,10 @@ def samples(lake: LakeStorage, batch: Batch, model_version: str) -> Iterator[pa.
     """The batch's samples (sample_id, pixels), in chunks of at most CHUNK_ROWS."""
     state = sample_state.read_state(lake, batch.claim.state)
     overrides = sample_state.read_overrides(lake, state.overrides)
-    predicted = _predicted(lake, model_version, batch) if batch.check_predicted else None
+    predicted = None
+    if batch.check_predicted:  # among the retracted samples, those this model predicted
+        only = _unique([r.only for r in batch.reads if r.only is not None])
+        predicted = _predicted(lake, model_version, batch, only)
     columns = ["sample_id", "pixels", "label", "added_in"]
     for read in batch.reads:
         if read.only is not None:
@@ -184,7 +188,9 @@ def samples(lake: LakeStorage, batch: Batch, model_version: str) -> Iterator[pa.
         if predicted is not None and len(predicted) and read.only is not None:
             rows = rows.filter(pc.invert(pc.is_in(rows["sample_id"], value_set=predicted)))
         for start in range(0, rows.num_rows, CHUNK_ROWS):
-            yield rows.slice(start, CHUNK_ROWS).select(["sample_id", "pixels"])
+            chunk = rows.slice(start, CHUNK_ROWS)
+            pixels = sample_state.unpack_pixels(chunk["pixels"])
+            yield pa.table({"sample_id": chunk["sample_id"], "pixels": pixels})
 
 
 def _rows_of(lake: LakeStorage, path: str, ids: pa.Array, columns: list[str]) -> pa.Table:
@@ -206,13 +212,14 @@ def _rows_of(lake: LakeStorage, path: str, ids: pa.Array, columns: list[str]) ->
     return table.filter(pc.is_in(table["sample_id"], value_set=ids))
 
 
-def _predicted(lake: LakeStorage, version: str, batch: Batch) -> pa.Array:
+def _predicted(lake: LakeStorage, version: str, batch: Batch, among: pa.Array) -> pa.Array:
     """Sample ids this model has predictions for, in batches before this claim (read only
     when retractions ask: a sample scored while unlabelled, labelled, then retracted)."""
     ids = []
     for k in range(batch.claim.number):
         for path in lake.glob(f"{batch_dir(version, k)}/*.parquet"):
-            ids.append(lake.read_parquet(path, columns=["sample_id"])["sample_id"])
+            scored = lake.read_parquet(path, columns=["sample_id"])["sample_id"]
+            ids.append(scored.filter(pc.is_in(scored, value_set=among)))
     return _unique([c for a in ids for c in a.chunks])
 
 
