@@ -50,7 +50,7 @@ OVERRIDES_PREFIX = f"{DATASET_PREFIX}/overrides"
 _HEAD = f"{STATE_PREFIX}/HEAD"
 
 #: Events one step reads at most: the bound on a build's memory.
-STEP_EVENTS = 1_000_000
+STEP_EVENTS = 500_000
 #: Merge the newest segments once this many are about the same size (see `to_compact`) ...
 MERGE_FANOUT = 4
 #: ... or whenever a state has more segments than this ...
