@@ -2,6 +2,7 @@
 events only those, whatever runs, overlaps or is killed in between."""
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -105,3 +106,23 @@ def test_compaction_of_scored_segments_does_not_score_them_again(db, lake, monke
     hub.land(ids("q", 2), minute=9)
     assert sorted(run_scoring(lake)) == ids("q", 2)
     assert predicted(lake) == sorted([i for k in range(4) for i in ids(f"p{k}", 5)] + ids("q", 2))
+
+
+def test_scorings_at_the_same_time_score_each_sample_once(db, lake):
+    hub = Hub(lake)
+    hub.land(ids("a", 40))
+    done = []
+
+    def scorer():
+        for _ in range(3):
+            done.extend(run_scoring(lake))
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(scorer) for _ in range(4)]
+        for k in range(3):
+            hub.land(ids(f"n{k}", 7), minute=k + 1)
+        for f in futures:
+            f.result()
+    run_scoring(lake)  # whatever a scoring still had in hand
+    everything = sorted(ids("a", 40) + [i for k in range(3) for i in ids(f"n{k}", 7)])
+    assert predicted(lake) == everything  # each once: no duplicates, none lost

@@ -5,8 +5,8 @@ The model is the one `approved_model` points at, nothing else: a model whose blo
 accuracy check failed is never approved, so it never scores. Scoring follows each approval
 and each landing on its own (declarative automation, `SCORING_CONDITION`); the `score`
 message and the UI start it by hand. Whatever starts it, the `scoring` pool runs one at a
-time and only samples without a label or a prediction from the model are scored, so no
-sample gets two predictions from one model.
+time, and each batch of samples is claimed in the lake (`lib/scoring`), so no sample gets two
+predictions from one model even when two scorings overlap or one is killed.
 """
 
 import time
@@ -70,8 +70,8 @@ SCORING_CONDITION = (
     "no label and no prediction from the current model, under `predictions/model=<version>/`, "
     "then upserted into the SQL table `predictions` by the `export_predictions` pipeline.",
     kinds={"parquet", "tensorflow", "sql"},
-    # One scoring at a time (dagster_home/dagster.yaml): the samples still to score are found,
-    # then scored, so two at once would score the same samples twice.
+    # One scoring at a time (dagster_home/dagster.yaml), as a courtesy to the cores: the
+    # guarantee that a sample is scored once is the claim chain in the lake (`scoring`).
     pool="scoring",
     automation_condition=SCORING_CONDITION,
 )
