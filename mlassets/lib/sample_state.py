@@ -39,8 +39,9 @@ import pyarrow.compute as pc
 
 from mlassets.lib import cdc, row_hash
 from mlassets.lib.events import LANDED_SCHEMA, PIXELS
+from mlassets.lib.incoming import INCOMING_PARTITION
 from mlassets.lib.landing import EventRange, landed_ranges
-from mlassets.lib.layout import DATASET_PREFIX, LABELS_PATH
+from mlassets.lib.layout import DATASET_PREFIX, LABELS_PATH, LANDED_PREFIX
 from mlassets.lib.splits import SPLITS, TRAIN_SHARDS, shard_of, split_of
 from mlassets.roles.storage import LakeStorage
 
@@ -104,6 +105,8 @@ class State:
     number: int
     #: Per partition, the last sequence number read (the end of the contiguous landed prefix).
     landed: dict[str, int]
+    #: The imported drops (`landed/events/partition=incoming/drop=<name>`) taken in.
+    drops: list[str]
     #: The labels table's applied LSN (and snapshot LSN) this state reflects.
     labels_lsn: str | None
     labels_snapshot_lsn: str | None
@@ -152,6 +155,7 @@ def empty_state() -> State:
     return State(
         number=-1,
         landed={},
+        drops=[],
         labels_lsn=None,
         labels_snapshot_lsn=None,
         segments=[],
@@ -327,29 +331,19 @@ def iter_rows(
 class _New:
     events: pa.Table  # latest new event per sample (_EVENT_COLUMNS)
     landed: dict[str, int]
+    drops: list[str]
 
 
-def live_ranges(lake: LakeStorage) -> dict[str, list[EventRange]]:
-    """Landed ranges per partition, each sequence number once: a file whose range lies
-    inside another's (a small file a compaction merged but has not deleted yet) is left out."""
-    out = {}
-    for pid, ranges in landed_ranges(lake).items():
-        kept: list[EventRange] = []
-        for rng in sorted(ranges, key=lambda r: (r.first, -r.last)):
-            if kept and rng.last <= kept[-1].last:
-                continue
-            kept.append(rng)
-        out[pid] = kept
-    return out
-
-
-def new_events(lake: LakeStorage, landed: dict[str, int], budget: int) -> _New:
+def new_events(
+    lake: LakeStorage, landed: dict[str, int], budget: int, drops: list[str] | None = None
+) -> _New:
     """Landed events past the watermarks, up to about `budget` of them, in hub order; the
-    watermarks move to the end of the contiguous prefix read."""
+    watermarks move to the end of the contiguous prefix read. Then the imported drops
+    (`partition=incoming/drop=<name>`) not taken in yet, whole, while the budget lasts."""
     marks = dict(landed)
     picked: list[tuple[EventRange, int]] = []
     total = 0
-    for pid, ranges in sorted(live_ranges(lake).items()):
+    for pid, ranges in sorted(landed_ranges(lake).items()):  # live files: each event once
         mark = marks.get(pid, -1)
         for rng in ranges:
             if rng.last <= mark:
@@ -366,10 +360,23 @@ def new_events(lake: LakeStorage, landed: dict[str, int], budget: int) -> _New:
         if rng.first <= mark:  # a compacted file reaching back before the watermark
             t = t.filter(pc.greater(t["sequence_number"], mark))
         tables.append(t)
+    taken = list(drops or [])
+    seen = set(taken)
+    for path in lake.glob(f"{LANDED_PREFIX}/partition={INCOMING_PARTITION}/drop=*.parquet"):
+        name = path.rsplit("/", 1)[1]
+        if name in seen:
+            continue
+        if total >= budget:
+            break
+        t = lake.read_parquet(path, columns=_EVENT_COLUMNS, schema=LANDED_SCHEMA)
+        tables.append(t)
+        taken.append(name)
+        total += t.num_rows
     events = (
         pa.concat_tables(tables) if tables else LANDED_SCHEMA.empty_table().select(_EVENT_COLUMNS)
     )
-    return _New(latest_per_sample(events), {p: m for p, m in marks.items() if m >= 0})
+    marks = {p: m for p, m in marks.items() if m >= 0}
+    return _New(latest_per_sample(events), marks, taken)
 
 
 def latest_per_sample(events: pa.Table) -> pa.Table:
@@ -465,10 +472,11 @@ def current_labels(lake: LakeStorage, ids: pa.Array | None) -> pa.Table:
 def step(lake: LakeStorage, state: State, *, step_events: int = STEP_EVENTS) -> State | None:
     """State n+1 from state n and what is new, or None when nothing is."""
     labels_state = cdc.labels_state(lake)
-    new = new_events(lake, state.landed, step_events)
+    new = new_events(lake, state.landed, step_events, state.drops)
     relabel, changes = label_changes(lake, state, labels_state)
     lsn = labels_state.applied_lsn if labels_state else None
-    if new.events.num_rows == 0 and new.landed == state.landed and lsn == state.labels_lsn:
+    quiet = new.landed == state.landed and new.drops == state.drops
+    if new.events.num_rows == 0 and quiet and lsn == state.labels_lsn:
         return None
     events = new.events
     nothing = relabel.ids is not None and len(relabel.ids) == 0
@@ -581,6 +589,7 @@ def step(lake: LakeStorage, state: State, *, step_events: int = STEP_EVENTS) -> 
     return State(
         number=state.number + 1,
         landed=new.landed,
+        drops=new.drops,
         labels_lsn=lsn,
         labels_snapshot_lsn=labels_state.snapshot_lsn if labels_state else None,
         segments=segments,

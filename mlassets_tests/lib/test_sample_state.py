@@ -238,3 +238,22 @@ def test_many_small_steps_keep_few_segments_and_rewrite_each_row_a_few_times(db,
     assert len(state.segments) <= 6  # O(log n): 32 steps of 10 rows
     assert sum(merged) <= 320 * 5  # each row rewritten at most log2(32) times
     assert_equals_full_rebuild(lake, db, hub, state)
+
+
+def test_imported_drops_are_taken_in_once_each(db, lake):
+    from mlassets.lib.incoming import INCOMING_PARTITION
+    from mlassets.lib.layout import LANDED_PREFIX
+
+    hub = Hub(lake)
+    hub.land(ids("h", 5))
+    drop = hub.events().set_column(0, "sample_id", pa.array(ids("d", 5)))
+    drop = drop.set_column(4, "partition_id", pa.array([INCOMING_PARTITION] * 5))
+    drop = drop.cast(LANDED_SCHEMA)
+    lake.write_parquet(f"{LANDED_PREFIX}/partition={INCOMING_PARTITION}/drop=a.parquet", drop)
+    label(db, {s: 3 for s in ids("h", 5) + ids("d", 5)})
+    sync(db, lake)
+    state = sample_state.advance(lake)
+    assert state.drops == ["drop=a.parquet"] and state.labelled_rows == 10
+    assert sample_state.advance(lake).number == state.number  # not taken in twice
+    hub.all.append(drop)
+    assert_equals_full_rebuild(lake, db, hub, state)
