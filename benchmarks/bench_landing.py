@@ -9,6 +9,7 @@ Parquet. Target: at least 0.7x the ceiling's events/s.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.json as pa_json
@@ -24,6 +25,19 @@ from mlassets.twins.eventhub import EmbeddedEventHub
 EVENTS = 200_000
 
 
+def json_to_parquet(bodies: list[bytes], root: Path) -> Callable[[], None]:
+    """The ceiling: `bodies` as one newline-delimited JSON file on disk converted to one
+    Parquet file by pyarrow alone (no validation, no provenance). Also the baseline of
+    `benchmarks.scale_landing`."""
+    ndjson = root / "events.json"
+    ndjson.write_bytes(b"\n".join(bodies) + b"\n")
+
+    def ceiling() -> None:
+        pq.write_table(pa_json.read_json(ndjson), root / "ceiling.parquet", compression="zstd")
+
+    return ceiling
+
+
 def run(events: int = EVENTS) -> list[Row]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -33,11 +47,7 @@ def run(events: int = EVENTS) -> list[Row]:
         lake = LakeStorage(url=f"file://{root}/lake")
         rng = EventRange("0", 0, events - 1)
 
-        ndjson = root / "events.json"
-        ndjson.write_bytes(b"\n".join(simulated.bodies) + b"\n")
-
-        def ceiling() -> None:
-            pq.write_table(pa_json.read_json(ndjson), root / "ceiling.parquet", compression="zstd")
+        ceiling = json_to_parquet(simulated.bodies, root)
 
         def landing() -> None:
             land_range(hub, lake, rng, rewrite=True)

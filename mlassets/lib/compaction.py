@@ -15,8 +15,9 @@ merge is decided by aligned blocks of sequence numbers, tiered:
   files inside another sees each event once: `landing.live`).
 - Levels are planned from the top down, so a file merges into the biggest complete block
   it is in; a row is rewritten at most once per level (`levels` times, O(log n)), and a
-  partition holds about total/B_top top-level files plus, below the head, at most
-  fanout-1 files per level and the small files of the current base block.
+  partition holds total/B_top top-level files plus, below the head, at most fanout-1
+  files per lower level and the small files of the current base block
+  (`Policy.live_file_bound`), however many ticks landed.
 
 The merged file is written first (atomic: `LakeStorage.write_parquet`), its quarantine
 counterpart before it, and the small files are deleted after, by the first compaction that
@@ -58,10 +59,12 @@ ROW_GROUP_ROWS = 131_072
 class Policy:
     """Block sizes in sequence numbers (events): base * fanout**level, level < levels."""
 
-    base: int = 512
-    fanout: int = 16
-    #: Top block 512 * 16**3 = 2,097,152 events: about 90 MB of landed Parquet (43 B/event).
-    levels: int = 4
+    #: A tick's file per partition is typically smaller: a few ticks fill a base block.
+    base: int = 2_048
+    fanout: int = 32
+    #: Top block 2,048 * 32**2 = 2,097,152 events: about 90 MB of landed Parquet (43 B an
+    #: event), 300 MB in memory while merged. A row is rewritten at most `levels` times.
+    levels: int = 3
     #: Events one call rewrites at most (a merge bigger than that still runs, alone).
     budget: int = 4_194_304
     #: Files inside a merged one are deleted once it is this old: readers that listed them
@@ -78,6 +81,18 @@ class Policy:
     @property
     def top(self) -> int:
         return self.block(self.levels - 1)
+
+    def live_file_bound(self, events: int, claim: int) -> int:
+        """The most live files one partition holds after a compaction with nothing
+        unfinished, `events` landed in claims of at least `claim` events: one per complete
+        top block, at most fanout-1 merged blocks per lower level below the head, and the
+        claims of the current base block."""
+        return (
+            -(-events // self.top)
+            + (self.levels - 1) * (self.fanout - 1)
+            + -(-self.base // claim)
+            + 1
+        )
 
 
 @dataclass(frozen=True)
@@ -144,6 +159,8 @@ class PartitionCompaction:
     #: Landed files inside a merged one: deleted, and kept for now (younger merged file).
     stale_files_removed: int = 0
     stale_files_kept: int = 0
+    #: The landed files known to exist after the compaction (for its claims step).
+    files: list[EventRange] = field(default_factory=list, repr=False)
     bytes_read: int = 0
     bytes_written: int = 0
     claims_removed: int = 0
@@ -200,7 +217,7 @@ def compact(
             budget,
             log,
         )
-        done.claims_removed, done.checkpoint = compact_claims(lake, pid, run_id=run_id)
+        done.claims_removed, done.checkpoint = compact_claims(lake, pid, run_id, done.files)
         out.append(done)
     return Compaction(out, time.perf_counter() - started)
 
@@ -244,6 +261,7 @@ def _compact_partition(
     )
     _remove_stale(lake, QUARANTINE_PREFIX, quarantined, policy.keep_merged_seconds)
     report.files_after = len(landing.live(listed))
+    report.files = listed
     return report
 
 
@@ -328,11 +346,15 @@ def _merged(
 
 
 def compact_claims(
-    lake: LakeStorage, partition_id: str, run_id: str | None = None
+    lake: LakeStorage,
+    partition_id: str,
+    run_id: str | None = None,
+    files: list[EventRange] | None = None,
 ) -> tuple[int, int]:
-    """Checkpoint the chain's done prefix and delete the claims (and older checkpoints)
-    inside it; (claim files removed, checkpoint). Written before anything is deleted."""
-    chain = landing.read_chain(lake, partition_id)
+    """Checkpoint the chain's done prefix, then delete the claims (and older checkpoints)
+    inside it; (claim files removed, checkpoint). `files`: the partition's landed files as
+    listed by the compaction (one missing only holds the checkpoint back)."""
+    chain = landing.read_chain(lake, partition_id, files)
     end = chain.base
     for claim in chain.claims:
         if not claim.done:
@@ -346,15 +368,15 @@ def compact_claims(
             "at": datetime.now(UTC).isoformat(),
         }
         lake.write_bytes(landing.checkpoint_path(partition_id, end), json.dumps(record).encode())
-    removed = 0
-    for first in landing.claim_starts(lake, partition_id):
-        if first <= end:
-            _delete(lake, landing.claim_path(partition_id, first))
-            removed += 1
-    for last in landing.checkpoints(lake, partition_id):
+    # The listings the chain was read from: a claim created since is inside `end` only if
+    # it is stale, and its run removes it (or the next compaction does).
+    inside = [first for first in chain.claim_starts if first <= end]
+    for first in inside:
+        _delete(lake, landing.claim_path(partition_id, first))
+    for last in chain.checkpoints:
         if last < end:
             _delete(lake, landing.checkpoint_path(partition_id, last))
-    return removed, end
+    return len(inside), end
 
 
 def _path(prefix: str, rng: EventRange) -> str:

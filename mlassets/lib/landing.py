@@ -267,6 +267,9 @@ class Chain:
     claims: list[Claim]
     #: The newest checkpoint: 0..base are claimed and done; -1 when there is none.
     base: int = -1
+    #: The claim files and checkpoints listed (compaction deletes those inside a new one).
+    claim_starts: list[int] = field(default_factory=list)
+    checkpoints: list[int] = field(default_factory=list)
 
     @property
     def head(self) -> int:
@@ -278,30 +281,35 @@ class Chain:
         return [c.range for c in self.claims if not c.done]
 
 
-def read_chain(lake: LakeStorage, partition_id: str) -> Chain:
+def read_chain(
+    lake: LakeStorage, partition_id: str, files: list[EventRange] | None = None
+) -> Chain:
     """The partition's chain from its newest checkpoint: claims listed first, checkpoints
     second (so none the claims listing missed was removed inside a newer checkpoint than the
     one the chain starts from), landed files last (a file that appears in between only makes
     a claim look unfinished, which costs a rewrite).
 
     A claim is done when a live file covers it. Its end is read from the live file starting
-    where it does, so only unfinished claims (and the first) cost a read.
+    where it does, so only unfinished claims (and the first) cost a read. `files`: the
+    partition's landed files as listed earlier (a compaction's), saving a listing: one
+    missing there only makes a claim look unfinished.
     """
     for _ in range(_CHAIN_READS - 1):
         try:
-            return _read_chain(lake, partition_id)
+            return _read_chain(lake, partition_id, files)
         except FileNotFoundError:  # a compaction removed a claim while it was read
             continue
-    return _read_chain(lake, partition_id)
+    return _read_chain(lake, partition_id, files)
 
 
-def _read_chain(lake: LakeStorage, partition_id: str) -> Chain:
-    starts = set(claim_starts(lake, partition_id))
-    base = max(checkpoints(lake, partition_id), default=-1)
-    files = live_files(lake, partition_id)
+def _read_chain(lake: LakeStorage, partition_id: str, listed: list[EventRange] | None) -> Chain:
+    listed_starts = claim_starts(lake, partition_id)
+    marks = checkpoints(lake, partition_id)
+    starts, base = set(listed_starts), max(marks, default=-1)
+    files = live_files(lake, partition_id) if listed is None else live(listed)
     if base < 0 and 0 not in starts:
         if not files:
-            return Chain(partition_id, [])
+            return Chain(partition_id, [], base, listed_starts, marks)
         _adopt(lake, partition_id, files)
         starts.add(0)
     by_first = {r.first: r for r in files}
@@ -318,7 +326,7 @@ def _read_chain(lake: LakeStorage, partition_id: str) -> Chain:
             done = bool(record.get("adopted")) or covering(files, rng) is not None
             claims.append(Claim(rng, done=done))
         pos = claims[-1].range.last + 1
-    return Chain(partition_id, claims, base)
+    return Chain(partition_id, claims, base, listed_starts, marks)
 
 
 def _adopt(lake: LakeStorage, partition_id: str, files: list[EventRange]) -> None:

@@ -155,6 +155,22 @@ def test_merges_planned_from_any_listings_never_partly_overlap():
             assert any(c.last == a.last for c in bounds)
 
 
+def test_the_live_files_stay_within_the_policys_bound_however_many_ticks_land():
+    rnd = random.Random(11)
+    policy = Policy(base=8, fanout=4, levels=3)  # blocks of 8, 32, 128 events
+    files: list[EventRange] = []
+    pos, rewrites = 0, Counter()
+    for _ in range(3000):
+        size = rnd.randint(2, 6)
+        files.append(r(pos, pos + size - 1))
+        pos += size
+        for m in plan(files, policy):
+            files = sorted({*files} - set(m.inputs) | {m.output})
+            rewrites.update(range(m.output.first, m.output.last + 1))
+        assert len(files) <= policy.live_file_bound(pos, 2)
+    assert max(rewrites.values()) <= policy.levels  # each row once per level at most
+
+
 def test_live_leaves_out_files_inside_another_per_partition():
     files = [r(0, 9), r(0, 4), r(5, 9), r(10, 12), r(3, 3, p="1")]
     assert live(files) == [r(0, 9), r(10, 12), r(3, 3, p="1")]
@@ -411,3 +427,20 @@ def test_merged_files_inputs_stay_for_readers_that_listed_them_then_go(hub, loca
     done = compact(lake, keeping)
     assert done.partitions[0].stale_files_removed == 4
     assert landing.listed_files(lake) == [r(0, 7)]
+
+
+def test_lineage_finds_the_run_that_landed_an_event_inside_a_merged_file(hub, local_lake, instance):
+    from mlassets.lib import lineage
+
+    lake = local_lake
+    events = make_events(12, 0, seed=4)
+    hub.publish(events.bodies)
+    for i, first in enumerate(range(0, 12, 4)):
+        land(hub, lake, [r(first, first + 3)], max_size=4, run_id=f"run-{i}")
+    compact(lake, SMALL)
+    assert live_files(lake) == [r(0, 7), r(8, 11)]
+    sample = lake.read_parquet(r(0, 7).landed_path).to_pylist()[6]  # landed by run-1
+    found = lineage.find_events(lineage._Reader(lake), instance, sample["sample_id"])
+    assert [(e.file, e.sequence_number, e.run_id) for e in found] == [
+        (r(0, 7).landed_path, 6, "run-1")
+    ]

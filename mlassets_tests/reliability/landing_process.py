@@ -1,7 +1,8 @@
 """One landing in a process of its own, for the reliability tests (not collected by pytest).
 
-    python landing_process.py [--go FILE] [--kill-at POINT --after N] in-process [RANGES_JSON]
-    python landing_process.py [--go FILE] cli DAGSTER_ARGS...
+    python landing_process.py [--go FILE] [--compact-base N] [--kill-at POINT --after N] \
+        in-process [RANGES_JSON]
+    python landing_process.py [--go FILE] [--compact-base N] cli DAGSTER_ARGS...
 
 `in-process` materializes `landed_events` with `dg.materialize` (the `execute_in_process`
 path) on the local deployment's resources (MLASSETS_LAKE_URL and
@@ -13,6 +14,9 @@ list of [partition, first, last]; without it the run lands everything new. `cli`
 CLI or Dagster has started the run and its step), write `FILE.ready-<pid>` and wait until FILE
 appears: landings in several processes then start within milliseconds of each other, however
 long each took to get there.
+
+`--compact-base N`: the landing's compaction merges blocks of N, 4N, 16N events (so that
+small test lakes merge).
 
 `--kill-at POINT --after N`: SIGKILL this process the (N+1)-th time the landing gets to
 POINT (no cleanup of any kind runs, as with the OOM killer or a lost node):
@@ -164,9 +168,12 @@ def main() -> None:
     parser.add_argument("--go")
     parser.add_argument("--kill-at", choices=POINTS)
     parser.add_argument("--after", type=int, default=0)
+    parser.add_argument("--compact-base", type=int, help="compaction's base block (events)")
     parser.add_argument("mode", choices=["in-process", "cli"])
     parser.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args()
+    if args.compact_base:
+        assets.COMPACTION_POLICY = compaction.Policy(base=args.compact_base, fanout=4)
     if args.kill_at:
         arm(args.kill_at, args.after)
     if args.go:

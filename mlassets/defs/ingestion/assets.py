@@ -20,7 +20,7 @@ from mlassets.roles.eventhub import EventHubResource, PartitionProperties
 from mlassets.roles.storage import LakeStorage
 
 if TYPE_CHECKING:
-    from mlassets.lib.compaction import Compaction
+    from mlassets.lib.compaction import Compaction, Policy
     from mlassets.lib.landing import LandingResult
 
 
@@ -160,6 +160,10 @@ def landed_events(
     )
 
 
+#: None: `compaction.Policy()`'s defaults (the reliability tests set smaller blocks).
+COMPACTION_POLICY: "Policy | None" = None
+
+
 def compact_after_landing(
     context: dg.AssetExecutionContext, lake: LakeStorage
 ) -> dict[str, dg.MetadataValue]:
@@ -168,7 +172,12 @@ def compact_after_landing(
     from mlassets.lib import compaction
 
     try:
-        done = compaction.compact(lake, log=context.log.info, run_id=context.run_id)
+        done = compaction.compact(
+            lake,
+            COMPACTION_POLICY or compaction.Policy(),
+            log=context.log.info,
+            run_id=context.run_id,
+        )
     except Exception as exc:  # reported below: compaction never fails a landing
         context.log.warning(f"compaction failed, left to the next landing: {exc!r}")
         return {"compaction": dg.MetadataValue.md(f"Compaction failed: `{exc!r}`")}

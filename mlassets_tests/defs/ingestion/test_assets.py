@@ -131,12 +131,12 @@ def test_observing_raw_events_reports_per_partition_sequence_numbers_and_backlog
 
 
 def test_a_landing_compacts_small_files_and_its_check_reads_the_merged_file(resources, instance):
-    publish(resources, 6000, malformed=20)
+    publish(resources, 12_000, malformed=40)
     p = max(
         resources["event_hub"].all_partition_properties(),
         key=lambda x: x.last_enqueued_sequence_number,
-    ).partition_id  # about 1,500 events: 800 land in eight files of 100
-    ranges = [{"partition_id": p, "first": a, "last": a + 99} for a in range(0, 800, 100)]
+    ).partition_id  # about 3,000 events: 2,400 land in eight files of 300
+    ranges = [{"partition_id": p, "first": a, "last": a + 299} for a in range(0, 2400, 300)]
     result = dg.materialize(
         [raw_events, landed_events, *ASSET_CHECKS],
         resources=resources,
@@ -147,12 +147,12 @@ def test_a_landing_compacts_small_files_and_its_check_reads_the_merged_file(reso
     assert result.success
     meta = LandingMetadata.from_run(result)
     assert len(meta.files) == 8
-    # Block 0..511 is complete once 500..599 has landed: its six files became one.
-    assert EventRange(p, 0, 599) in live_files(resources["lake"], p)
+    # Block 0..2047 is complete once 1800..2099 has landed: its seven files became one.
+    assert live_files(resources["lake"], p) == [EventRange(p, 0, 2099), EventRange(p, 2100, 2399)]
     recorded = result.get_asset_materialization_events()[0].materialization.metadata
     assert recorded["compaction_merges"].value == 1
-    assert recorded["landed_files"].value == 3  # 0-599, 600-699, 700-799
-    assert f"| {p} | 8 | 3 | 1 |" in recorded["compaction"].value
+    assert recorded["landed_files"].value == 2
+    assert f"| {p} | 8 | 2 | 1 |" in recorded["compaction"].value
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["schema_and_ranges"] is True
     rows = landed_rows(resources)
