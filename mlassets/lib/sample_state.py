@@ -495,9 +495,9 @@ def step(lake: LakeStorage, state: State, *, step_events: int = STEP_EVENTS) -> 
     for split in SPLITS if scan else ():
         for seg, path in state.files(split):
             rows = lake.read_parquet(path, columns=[*KEY_COLUMNS, "content_hash"])
-            rows = apply_overrides(rows, overrides_now.get(seg))
-            if ids is not None:
+            if ids is not None:  # first the few affected rows, then their overrides
                 rows = rows.filter(pc.is_in(rows["sample_id"], value_set=ids))
+            rows = apply_overrides(rows, overrides_now.get(seg))
             if rows.num_rows == 0:
                 continue
             # A newer event for the row's sample supersedes it.
