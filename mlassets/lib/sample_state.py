@@ -494,9 +494,7 @@ def step(lake: LakeStorage, state: State, *, step_events: int = STEP_EVENTS) -> 
     scan = ids is None or len(ids) > 0
     for split in SPLITS if scan else ():
         for seg, path in state.files(split):
-            rows = lake.read_parquet(path, columns=[*KEY_COLUMNS, "content_hash"])
-            if ids is not None:  # first the few affected rows, then their overrides
-                rows = rows.filter(pc.is_in(rows["sample_id"], value_set=ids))
+            rows = _affected_rows(lake, path, ids)
             rows = apply_overrides(rows, overrides_now.get(seg))
             if rows.num_rows == 0:
                 continue
@@ -610,6 +608,27 @@ def step(lake: LakeStorage, state: State, *, step_events: int = STEP_EVENTS) -> 
             "relabelled": relabelled,
         },
     )
+
+
+def _affected_rows(lake: LakeStorage, path: str, ids: pa.Array | None) -> pa.Table:
+    """The key columns of a segment file's rows whose ids are in `ids` (None: all rows).
+
+    The id column is read first: a file holding none of them (the usual case for a step of
+    new samples) costs that one column.
+    """
+    import pyarrow.parquet as pq
+
+    columns = [*KEY_COLUMNS, "content_hash"]
+    with lake.fs.open(lake.path(path), "rb") as f:
+        pf = pq.ParquetFile(f)
+        if ids is None:
+            return pf.read(columns=columns)
+        keys = pf.read(columns=["sample_id"])["sample_id"]
+        hit = pc.is_in(keys, value_set=ids)
+        if not pc.any(hit).as_py():
+            return pf.schema_arrow.empty_table().select(columns)
+        rest = pf.read(columns=columns[1:])
+    return rest.add_column(0, "sample_id", keys).filter(hit)
 
 
 def _account(
