@@ -42,7 +42,7 @@ from mlassets.lib.events import LANDED_SCHEMA, PIXELS
 from mlassets.lib.incoming import INCOMING_PARTITION
 from mlassets.lib.landing import EventRange, landed_ranges
 from mlassets.lib.layout import DATASET_PREFIX, LABELS_PATH, LANDED_PREFIX
-from mlassets.lib.splits import SPLITS, TRAIN_SHARDS, shard_of, split_of
+from mlassets.lib.splits import SPLITS, TRAIN_SHARDS, shard_of, split_of, stable_hash
 from mlassets.roles.storage import LakeStorage
 
 STATE_PREFIX = f"{DATASET_PREFIX}/state"
@@ -70,6 +70,8 @@ SEGMENT_SCHEMA = pa.schema(
         pa.field("sequence_number", pa.int64(), nullable=False),
         pa.field("partition_id", pa.string(), nullable=False),
         pa.field("content_hash", pa.uint64(), nullable=False),
+        #: `splits.stable_hash` of the id: what a step matches ids on before comparing strings.
+        pa.field("id_hash", pa.uint64(), nullable=False),
         #: The state that added the row: what is new to a scoring that covered earlier states.
         pa.field("added_in", pa.int64(), nullable=False),
     ]
@@ -487,65 +489,52 @@ def step(lake: LakeStorage, state: State, *, step_events: int = STEP_EVENTS) -> 
 
     lanes = list(state.lanes)
     histogram = {s: list(v) for s, v in state.histogram.items()}
-    overrides_now = read_overrides(lake, state.overrides)
-    delta: list[pa.Table] = []
     keep_event = np.ones(events.num_rows, bool)  # an older event than the row's stays out
-    superseded = relabelled = 0
-    scan = ids is None or len(ids) > 0
-    for split in SPLITS if scan else ():
-        for seg, path in state.files(split):
-            rows = _affected_rows(lake, path, ids)
-            rows = apply_overrides(rows, overrides_now.get(seg))
-            if rows.num_rows == 0:
-                continue
-            # A newer event for the row's sample supersedes it.
-            at = pc.index_in(rows["sample_id"], value_set=events["sample_id"])
-            matched = np.asarray(pc.is_valid(at))
-            dead = np.zeros(rows.num_rows, bool)
-            if matched.any():
-                pos = np.asarray(at.filter(pa.array(matched))).astype(np.int64)
-                newer = _newer(events.take(pa.array(pos)), rows.filter(pa.array(matched)))
-                dead[np.flatnonzero(matched)[newer]] = True
-                keep_event[pos[~newer]] = False
-            # The label of every other affected row follows curated/labels.
-            check = ~dead
-            if (m := relabel.mask(rows)) is not None:
-                check &= np.asarray(m)
-            old = rows["label"]
-            new_label = pc.take(
-                looked_up["label"], pc.index_in(rows["sample_id"], value_set=looked_up["sample_id"])
-            )
-            changed = (
-                check
-                & ~np.asarray(pc.fill_null(pc.equal(old, new_label), False))
-                & ~(np.asarray(pc.is_null(old)) & np.asarray(pc.is_null(new_label)))
-            )
-            gone = dead | changed
-            if not gone.any():
-                continue
-            splits_ = split_of(rows["sample_id"])
-            hashes = rows["content_hash"].to_numpy()
-            old_np = old.to_numpy(zero_copy_only=False)
-            _account(lanes, histogram, hashes, old_np, splits_, gone, sign=-1)
-            new_np = new_label.to_numpy(zero_copy_only=False)
-            _account(lanes, histogram, hashes, new_np, splits_, changed, sign=+1)
-            superseded += int(dead.sum())
-            relabelled += int(changed.sum())
-            pick = pa.array(gone)
-            delta.append(
-                pa.table(
-                    {
-                        "segment": pa.array([seg] * int(gone.sum()), pa.string()),
-                        "sample_id": rows["sample_id"].filter(pick),
-                        "label": pc.if_else(
-                            pa.array(dead), pa.nulls(rows.num_rows, pa.int64()), new_label
-                        ).filter(pick),
-                        "dead": pa.array(dead[gone]),
-                        "added_in": rows["added_in"].filter(pick),
-                    },
-                    schema=OVERRIDE_SCHEMA,
-                )
-            )
+    rows = _current_rows(lake, state, ids)  # the affected samples' rows, overrides applied
+    # A newer event for the row's sample supersedes it.
+    at = pc.index_in(rows["sample_id"], value_set=events["sample_id"])
+    matched = np.asarray(pc.is_valid(at), bool)
+    dead = np.zeros(rows.num_rows, bool)
+    if matched.any():
+        pos = np.asarray(at.filter(pa.array(matched))).astype(np.int64)
+        newer = _newer(events.take(pa.array(pos)), rows.filter(pa.array(matched)))
+        dead[np.flatnonzero(matched)[newer]] = True
+        keep_event[pos[~newer]] = False
+    # The label of every other affected row follows curated/labels.
+    check = ~dead
+    if (m := relabel.mask(rows)) is not None:
+        check &= np.asarray(m, bool)
+    old = rows["label"]
+    new_label = pc.take(
+        looked_up["label"], pc.index_in(rows["sample_id"], value_set=looked_up["sample_id"])
+    )
+    changed = (
+        check
+        & ~np.asarray(pc.fill_null(pc.equal(old, new_label), False), bool)
+        & ~(np.asarray(pc.is_null(old), bool) & np.asarray(pc.is_null(new_label), bool))
+    )
+    gone = dead | changed
+    delta_table = OVERRIDE_SCHEMA.empty_table()
+    if gone.any():
+        splits_ = split_of(rows["sample_id"])
+        hashes = rows["content_hash"].to_numpy()
+        _account(lanes, histogram, hashes, old.to_numpy(zero_copy_only=False), splits_, gone, -1)
+        new_np = new_label.to_numpy(zero_copy_only=False)
+        _account(lanes, histogram, hashes, new_np, splits_, changed, sign=+1)
+        pick = pa.array(gone)
+        delta_table = pa.table(
+            {
+                "segment": rows["segment"].filter(pick),
+                "sample_id": rows["sample_id"].filter(pick),
+                "label": pc.if_else(
+                    pa.array(dead), pa.nulls(rows.num_rows, pa.int64()), new_label
+                ).filter(pick),
+                "dead": pa.array(dead[gone]),
+                "added_in": rows["added_in"].filter(pick),
+            },
+            schema=OVERRIDE_SCHEMA,
+        )
+    superseded, relabelled = int(dead.sum()), int(changed.sum())
 
     inserted = events.filter(pa.array(keep_event))
     ins_label = pc.take(
@@ -572,11 +561,11 @@ def step(lake: LakeStorage, state: State, *, step_events: int = STEP_EVENTS) -> 
                 "sequence_number": inserted["sequence_number"],
                 "partition_id": inserted["partition_id"],
                 "content_hash": pa.array(hashes, pa.uint64()),
+                "id_hash": pa.array(stable_hash(inserted["sample_id"]), pa.uint64()),
                 "added_in": pa.array(np.full(inserted.num_rows, state.number + 1), pa.int64()),
             }
         ).cast(SEGMENT_SCHEMA)
         segments.append(write_segment(lake, rows, added=state.number + 1))
-    delta_table = pa.concat_tables(delta) if delta else OVERRIDE_SCHEMA.empty_table()
     overrides_path, override_rows = state.overrides, state.override_rows
     delta_path = None
     if delta_table.num_rows:
@@ -610,25 +599,44 @@ def step(lake: LakeStorage, state: State, *, step_events: int = STEP_EVENTS) -> 
     )
 
 
-def _affected_rows(lake: LakeStorage, path: str, ids: pa.Array | None) -> pa.Table:
-    """The key columns of a segment file's rows whose ids are in `ids` (None: all rows).
+def _current_rows(lake: LakeStorage, state: State, ids: pa.Array | None) -> pa.Table:
+    """The live rows of `ids` (None: of every sample) in the state's segments, overrides
+    applied, with their segment: KEY_COLUMNS, content_hash, segment.
 
-    The id column is read first: a file holding none of them (the usual case for a step of
-    new samples) costs that one column.
+    Per file, the 8-byte id hashes are matched first against the ids' (sorted, one
+    binary search per row: no hash table of the ids built per file), and only a file with a
+    match has its other key columns read; the exact ids are checked once, at the end.
     """
     import pyarrow.parquet as pq
 
     columns = [*KEY_COLUMNS, "content_hash"]
-    with lake.fs.open(lake.path(path), "rb") as f:
-        pf = pq.ParquetFile(f)
-        if ids is None:
-            return pf.read(columns=columns)
-        keys = pf.read(columns=["sample_id"])["sample_id"]
-        hit = pc.is_in(keys, value_set=ids)
-        if not pc.any(hit).as_py():
-            return pf.schema_arrow.empty_table().select(columns)
-        rest = pf.read(columns=columns[1:])
-    return rest.add_column(0, "sample_id", keys).filter(hit)
+    wanted = np.sort(stable_hash(ids)) if ids is not None else None
+    overrides = read_overrides(lake, state.overrides)
+    found: list[pa.Table] = []
+    for split in SPLITS if ids is None or len(ids) else ():
+        for seg, path in state.files(split):
+            with lake.fs.open(lake.path(path), "rb") as f:
+                pf = pq.ParquetFile(f)
+                if wanted is None:
+                    rows = pf.read(columns=columns)
+                else:
+                    h = pf.read(columns=["id_hash"])["id_hash"].to_numpy()
+                    at = np.minimum(np.searchsorted(wanted, h), len(wanted) - 1)
+                    hit = wanted[at] == h
+                    if not hit.any():
+                        continue
+                    rows = pf.read(columns=columns).filter(pa.array(hit))
+            rows = apply_overrides(rows, overrides.get(seg))
+            found.append(
+                rows.append_column("segment", pa.array([seg] * rows.num_rows, pa.string()))
+            )
+    empty = pa.schema(
+        [*(SEGMENT_SCHEMA.field(c) for c in columns), pa.field("segment", pa.string())]
+    ).empty_table()
+    rows = pa.concat_tables([empty, *(t.cast(empty.schema) for t in found)])
+    if ids is not None and rows.num_rows:
+        rows = rows.filter(pc.is_in(rows["sample_id"], value_set=ids))
+    return rows
 
 
 def _account(
