@@ -54,8 +54,10 @@ _HEAD = f"{STATE_PREFIX}/HEAD"
 STEP_EVENTS = 500_000
 #: Merge the newest segments once this many are about the same size (see `to_compact`) ...
 MERGE_FANOUT = 4
-#: ... or whenever a state has more segments than this ...
+#: ... or whenever a state has more segments than this (below half MAX_SEGMENT_ROWS) ...
 MAX_SEGMENTS = 24
+#: No merge makes a segment bigger than this: a merge's memory stays a shard of it.
+MAX_SEGMENT_ROWS = 2_000_000
 #: ... and rewrite all when overrides pass this share of the rows (at least MIN_COMPACT_...).
 MAX_OVERRIDE_SHARE = 0.25
 MIN_COMPACT_OVERRIDES = 10_000
@@ -245,7 +247,7 @@ def advance(
         previous = latest(lake) or empty_state()
         nxt = step(lake, previous, step_events=step_events)
         if nxt is None:
-            merge = to_compact(previous)
+            merge = to_compact(previous, lake)
             nxt = compact(lake, previous, merge) if merge else None
             if nxt is None:
                 return previous
@@ -711,28 +713,42 @@ def _write_overrides(lake: LakeStorage, table: pa.Table) -> str:
 # -- compaction --------------------------------------------------------------------------------
 
 
-def to_compact(state: State) -> list[Segment]:
+def to_compact(state: State, lake: LakeStorage | None = None) -> list[Segment]:
     """The segments to merge now, oldest first; none when no merge is due.
 
-    All of them when the overrides have grown past MAX_OVERRIDE_SHARE of the rows (a full
-    rewrite every quarter of the table's size in changes: O(1) per change). Otherwise the
-    newest run in which no segment is bigger than all newer ones in the run together, once
-    it has MERGE_FANOUT segments: like a binary counter, a row is rewritten once per doubling
-    of the segment it is in, O(log n) times, and a state has O(log n) segments.
+    Once the overrides pass MAX_OVERRIDE_SHARE of the rows, the segment with the most of
+    them is rewritten on its own (then the next, while that holds: O(1) rewrites per change).
+    Otherwise the newest run in which no segment is bigger than all newer ones in the run
+    together, once it has MERGE_FANOUT segments: like a binary counter, a row is rewritten once
+    per doubling of its segment, O(log n) times. No merge makes a segment of more than
+    MAX_SEGMENT_ROWS, so a merge's memory (one shard of it) is bounded however big the lake.
     """
-    if state.override_rows >= max(MIN_COMPACT_OVERRIDES, MAX_OVERRIDE_SHARE * state.live_rows):
-        return list(state.segments) if state.segments else []
+    if (
+        lake is not None
+        and state.overrides
+        and state.override_rows >= max(MIN_COMPACT_OVERRIDES, MAX_OVERRIDE_SHARE * state.live_rows)
+    ):
+        held = lake.read_parquet(state.overrides, columns=["segment"])["segment"]
+        counts = pc.value_counts(held)
+        pairs = zip(
+            counts.field("counts").to_pylist(), counts.field("values").to_pylist(), strict=True
+        )
+        most = max(pairs)
+        return [seg for seg in state.segments if seg.id == most[1]]
     run: list[Segment] = []
     newer = 0
     for seg in reversed(state.segments):
-        if run and seg.rows > newer:
+        if (run and seg.rows > newer) or newer + seg.rows > MAX_SEGMENT_ROWS:
             break
         run.append(seg)
         newer += seg.rows
     if len(run) >= MERGE_FANOUT:
         return run[::-1]
-    if len(state.segments) > MAX_SEGMENTS:  # at least the two newest
-        return state.segments[-max(len(run), 2) :]
+    open_ = [seg for seg in state.segments if seg.rows < MAX_SEGMENT_ROWS // 2]
+    if len(open_) > MAX_SEGMENTS and len(run) >= 2:  # too many small ones: the newest run
+        return run[::-1]
+    if len(open_) > MAX_SEGMENTS:
+        return state.segments[-2:]
     return []
 
 

@@ -257,3 +257,21 @@ def test_imported_drops_are_taken_in_once_each(db, lake):
     assert sample_state.advance(lake).number == state.number  # not taken in twice
     hub.all.append(drop)
     assert_equals_full_rebuild(lake, db, hub, state)
+
+
+def test_merges_stop_at_the_segment_cap_and_many_overrides_rewrite_a_segment(db, lake, monkeypatch):
+    monkeypatch.setattr(sample_state, "MAX_SEGMENT_ROWS", 100)
+    monkeypatch.setattr(sample_state, "MIN_COMPACT_OVERRIDES", 1)
+    hub = Hub(lake)
+    for k in range(16):
+        hub.land(ids(f"t{k}", 10), minute=k)
+        label(db, {s: k % 10 for s in ids(f"t{k}", 10)})
+    sync(db, lake)
+    state = sample_state.advance(lake, step_events=10)
+    assert max(s.rows for s in state.segments) <= 100
+    label(db, {s: 9 for s in ids("t0", 10) + ids("t1", 10)}, update=True)  # 20 of 160: 12%
+    monkeypatch.setattr(sample_state, "MAX_OVERRIDE_SHARE", 0.1)
+    sync(db, lake)
+    state = sample_state.advance(lake)
+    assert state.compaction and state.override_rows < 16  # the segment that held them, rewritten
+    assert_equals_full_rebuild(lake, db, hub, state)
