@@ -163,7 +163,30 @@ def _unique(arrays: list[pa.Array]) -> pa.Array:
 
 
 def samples(lake: LakeStorage, batch: Batch, model_version: str) -> Iterator[pa.Table]:
-    """The batch's samples (sample_id, pixels), in chunks of at most CHUNK_ROWS."""
+    """The batch's samples (sample_id, pixels), in chunks of CHUNK_ROWS (the last smaller),
+    read a row group at a time: memory is a chunk's, whatever the size of a file. The same
+    batch always gives the same chunks (a claim scored again writes the same files)."""
+    pending: list[pa.Table] = []
+    size = 0
+    for piece in _pieces(lake, batch, model_version):
+        pending.append(piece)
+        size += piece.num_rows
+        while size >= CHUNK_ROWS:
+            table = pa.concat_tables(pending)
+            yield _chunk(table.slice(0, CHUNK_ROWS))
+            rest = table.slice(CHUNK_ROWS)
+            pending, size = [rest], rest.num_rows
+    if size:
+        yield _chunk(pa.concat_tables(pending))
+
+
+def _chunk(rows: pa.Table) -> pa.Table:
+    pixels = sample_state.unpack_pixels(rows["pixels"])
+    return pa.table({"sample_id": rows["sample_id"], "pixels": pixels})
+
+
+def _pieces(lake: LakeStorage, batch: Batch, model_version: str) -> Iterator[pa.Table]:
+    """The batch's rows to score (sample_id, pixels), read by read, row group by group."""
     state = sample_state.read_state(lake, batch.claim.state)
     overrides = sample_state.read_overrides(lake, state.overrides)
     predicted = None
@@ -173,24 +196,33 @@ def samples(lake: LakeStorage, batch: Batch, model_version: str) -> Iterator[pa.
     columns = ["sample_id", "pixels", "label", "added_in"]
     for read in batch.reads:
         if read.only is not None:
-            rows = _rows_of(lake, read.path, read.only, columns)
+            groups: Iterator[pa.Table] = iter([_rows_of(lake, read.path, read.only, columns)])
         else:
-            rows = lake.read_parquet(read.path, columns=columns)
+            groups = _batches(lake, read.path, columns)
+        for rows in groups:
             if read.added_after is not None and read.added_after >= 0:
                 rows = rows.filter(pc.greater(rows["added_in"], read.added_after))
-        rows = sample_state.apply_overrides(rows, overrides.get(read.segment))
-        keep = pc.is_null(rows["label"])
-        if read.skip is not None and len(read.skip):
-            keep = pc.and_(keep, pc.invert(pc.is_in(rows["sample_id"], value_set=read.skip)))
-        if read.only is not None:
-            keep = pc.and_(keep, pc.less_equal(rows["added_in"], batch.previous.state))
-        rows = rows.filter(keep)
-        if predicted is not None and len(predicted) and read.only is not None:
-            rows = rows.filter(pc.invert(pc.is_in(rows["sample_id"], value_set=predicted)))
-        for start in range(0, rows.num_rows, CHUNK_ROWS):
-            chunk = rows.slice(start, CHUNK_ROWS)
-            pixels = sample_state.unpack_pixels(chunk["pixels"])
-            yield pa.table({"sample_id": chunk["sample_id"], "pixels": pixels})
+            rows = sample_state.apply_overrides(rows, overrides.get(read.segment))
+            keep = pc.is_null(rows["label"])
+            if read.skip is not None and len(read.skip):
+                keep = pc.and_(keep, pc.invert(pc.is_in(rows["sample_id"], value_set=read.skip)))
+            if read.only is not None:
+                keep = pc.and_(keep, pc.less_equal(rows["added_in"], batch.previous.state))
+                if predicted is not None and len(predicted):
+                    keep = pc.and_(
+                        keep, pc.invert(pc.is_in(rows["sample_id"], value_set=predicted))
+                    )
+            rows = rows.filter(keep).select(["sample_id", "pixels"])
+            if rows.num_rows:
+                yield rows
+
+
+def _batches(lake: LakeStorage, path: str, columns: list[str]) -> Iterator[pa.Table]:
+    import pyarrow.parquet as pq
+
+    with lake.fs.open(lake.path(path), "rb") as f:
+        for b in pq.ParquetFile(f).iter_batches(batch_size=65_536, columns=columns):
+            yield pa.Table.from_batches([b])
 
 
 def _rows_of(lake: LakeStorage, path: str, ids: pa.Array, columns: list[str]) -> pa.Table:
