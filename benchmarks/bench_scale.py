@@ -6,7 +6,7 @@ local lake is filled as the product would leave it: landed files of 100k events 
 partitions, labels for half of the samples in `curated/labels` (Delta, with the CDC state).
 Then each step runs in a fresh process, as a run would, and reports its wall time (after
 imports and TensorFlow's start-up, which cost the same at any size) and its own peak RSS
-(`ru_maxrss`, everything included):
+(`VmHWM`, everything included):
 
 1. the first `training_dataset` build (the sample state from nothing, and the manifest);
 2. the first scoring (`inference_outputs`' work: every unlabelled sample, an untrained model
@@ -205,6 +205,16 @@ def _samples(n: int) -> pa.Table:
     return pa.table({"sample_id": [f"w{i}" for i in range(n)], "pixels": _pixels(n, rng)})
 
 
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). Not `ru_maxrss`: a child started by vfork (as
+    subprocess does) carries its parent's peak in it, and the parent holds the lake it made."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def worker(step: str, url: str) -> None:
     from mlassets.roles.storage import LakeStorage
 
@@ -213,7 +223,7 @@ def worker(step: str, url: str) -> None:
     started: list[float] = []
     out = {"build": _build, "score": _score}[step](lake, started)
     out["seconds"] = time.perf_counter() - started[0]
-    out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["rss_mb"] = _peak_rss_mb()
     print("RESULT " + json.dumps(out), flush=True)
 
 
