@@ -240,7 +240,7 @@ def _compact_partition(
         budget[0] -= m.output.size
         try:
             read, written, with_quarantine = merge(lake, m, live_q)
-        except (OSError, ValueError, pa.ArrowException) as exc:
+        except (OSError, ValueError, pa.ArrowException, *_gone_on_blob()) as exc:
             # A concurrent compaction deleted an input (FileNotFoundError), or a file is
             # unreadable: the merge waits; nothing was deleted, every row is still once.
             report.skipped.append(f"{m.output.file_name}: {type(exc).__name__}: {exc}")
@@ -263,6 +263,16 @@ def _compact_partition(
     report.files_after = len(landing.live(listed))
     report.files = listed
     return report
+
+
+def _gone_on_blob() -> tuple[type[Exception], ...]:
+    """What a Blob read raises for a blob deleted while it is read (adlfs maps it to
+    FileNotFoundError when it opens a file, not when it reads one)."""
+    try:
+        from azure.core.exceptions import ResourceNotFoundError
+    except ImportError:  # no Azure SDK: local lakes only
+        return ()
+    return (ResourceNotFoundError,)
 
 
 def _remove_stale(

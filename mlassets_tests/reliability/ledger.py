@@ -10,7 +10,6 @@ last event. And how the tests start landings in processes of their own
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from mlassets.lib.landing import FileRuns, landed_ranges, live_files
-from mlassets.lib.layout import CLAIMS_PREFIX, LANDED_PREFIX, QUARANTINE_PREFIX
+from mlassets.lib.layout import LANDED_PREFIX, QUARANTINE_PREFIX
 from mlassets.roles.eventhub import EventHubResource
 from mlassets.roles.storage import LakeStorage
 
@@ -114,15 +113,6 @@ def landed_runs(lake: LakeStorage) -> dict[tuple[str, int], str | None]:
             runs = FileRuns.from_footer(rng.landed_path, pq.ParquetFile(f).metadata.metadata)
         for first, _, run in runs.ranges or ((rng.first, rng.last, runs.run_id),):
             out[(rng.partition_id, first)] = run
-    return out
-
-
-def claim_owners(lake: LakeStorage) -> dict[tuple[str, int], str]:
-    """(partition, first sequence number) -> the run that won that claim."""
-    out: dict[tuple[str, int], str] = {}
-    for path in lake.glob(f"{CLAIMS_PREFIX}/partition=*/seq=*.json"):
-        record = json.loads(lake.read_bytes(path))
-        out[(record["partition"], record["first"])] = record.get("owner", "adopted")
     return out
 
 
