@@ -448,7 +448,7 @@ def label_changes(
         )
         t = t.filter(keep)
         count += t.num_rows
-        ids.append(t["sample_id"])
+        ids.append(t["sample_id"].cast(pa.string()))  # batches may hold it dictionary-encoded
     if not ids:
         return _Relabel(pa.array([], pa.string())), 0
     return _Relabel(pc.unique(pa.chunked_array(ids, pa.string()).combine_chunks())), count
