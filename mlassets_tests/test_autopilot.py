@@ -226,9 +226,8 @@ def test_from_the_first_event_to_fresh_predictions_with_no_one_touching_it(
         "SELECT sample_id, model_version FROM predictions "
         "GROUP BY sample_id, model_version HAVING COUNT(*) > 1"
     )
-    lake = ds.dataset(data_dir / "lake" / "predictions").to_table(
-        columns=["sample_id", "model_version"]
-    )
+    files = sorted((data_dir / "lake" / "predictions").glob("model=*/batch=*/*.parquet"))
+    lake = ds.dataset([str(f) for f in files]).to_table(columns=["sample_id", "model_version"])
     pairs = Counter(
         zip(lake["sample_id"].to_pylist(), lake["model_version"].to_pylist(), strict=True)
     )

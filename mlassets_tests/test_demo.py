@@ -11,6 +11,7 @@ import pyarrow.dataset as ds
 import pytest
 import sqlalchemy as sa
 
+from mlassets.lib.datasets import SPLITS, read_split
 from mlassets.lib.events import LANDED_SCHEMA
 from mlassets.lib.inference import approved_models
 from mlassets.lib.metadata import (
@@ -21,6 +22,7 @@ from mlassets.lib.metadata import (
     LandingMetadata,
     ScoringMetadata,
 )
+from mlassets.roles.storage import LakeStorage
 from mlassets.settings import PROJECT_ROOT
 
 BIN = os.path.dirname(sys.executable)
@@ -137,15 +139,18 @@ def test_each_table_records_its_columns_and_its_own_row_count_not_the_runs(demo)
     labels_table = DeltaTable(str(lake / "curated" / "labels"))
     assert landing.row_count == ds.dataset(lake / "landed" / "events").count_rows()
     assert labels.row_count == labels_table.to_pyarrow_dataset().count_rows()
-    version = lake / "datasets" / "digits" / f"v={dataset.version}"
-    assert dataset.row_count == ds.dataset(version).count_rows()
-    assert scoring.row_count == ds.dataset(lake / "predictions").count_rows() > 0
+    store = LakeStorage(url=f"file://{lake}")
+    rows = sum(read_split(store, dataset.version, split).num_rows for split in SPLITS)
+    assert dataset.row_count == rows
+    predictions = sorted((lake / "predictions").glob("model=*/batch=*/*.parquet"))
+    assert scoring.row_count == ds.dataset([str(f) for f in predictions]).count_rows() > 0
     assert [c.name for c in landing.column_schema.columns] == LANDED_SCHEMA.names
     assert {c.name for c in labels.column_schema.columns} >= {"sample_id", "label"}
     assert {c.name for c in dataset.column_schema.columns} >= {"sample_id", "pixels", "label"}
     assert "predicted_class" in {c.name for c in scoring.column_schema.columns}
     assert landing.uri == f"file://{lake / 'landed' / 'events'}"
-    assert dataset.uri == f"file://{version}"
+    manifest = lake / "datasets" / "digits" / f"v={dataset.version}" / "manifest.json"
+    assert dataset.uri == f"file://{manifest}"
     label_deps = dataset.column_lineage.deps_by_column["label"]
     assert [(d.asset_key, d.column_name) for d in label_deps] == [(LABELS, "label")]
     predicted = {d.asset_key for d in scoring.column_lineage.deps_by_column["predicted_class"]}

@@ -186,7 +186,7 @@ def test_a_question_reads_the_files_that_can_hold_the_answer_and_answers_in_well
     searched = (
         len(list((lake / "landed" / "events").glob("partition=*/*.parquet")))
         + len(list((lake / "cdc" / "labels").glob("*.parquet")))
-        + len(list((lake / "predictions").glob("model=*/*.parquet")))
+        + len(list((lake / "predictions").glob("model=*/batch=*/*.parquet")))
     )
     # Besides those: one footer per matching landed file, the labels table's data files that
     # may hold the id, and per dataset version only the files of the sample's split.
