@@ -69,23 +69,26 @@ def load(model: ApprovedModel, lake: LakeStorage):
 
 def score(keras_model, samples: pa.Table, version: str, run_id: str | None = None) -> pa.Table:
     """One vectorized prediction over all samples -> PREDICTION_SCHEMA, stamped with the
-    run that scored them."""
+    run that scored them. The model runs as one compiled graph over large chunks
+    (`predict_classes`), and columns are built from numpy and `take`, never per-row Python
+    objects."""
     if samples.num_rows == 0:
         return PREDICTION_SCHEMA.empty_table()
-    from mlassets.training_program.model import predict_proba
+    from mlassets.training_program.model import predict_classes
 
     pixels = pc.list_flatten(samples["pixels"]).to_numpy(zero_copy_only=False).reshape(-1, PIXELS)
-    proba = predict_proba(keras_model, pixels)
-    classes = proba.argmax(axis=1)
-    now = datetime.now(UTC)
+    classes, probability = predict_classes(keras_model, pixels)
+    n = len(classes)
+    first = pa.array(np.zeros(n, np.int32))  # row i takes the one value of a constant column
+    scored_at = pa.array([datetime.now(UTC)], PREDICTION_SCHEMA.field("scored_at").type)
     return pa.table(
         {
             "sample_id": samples["sample_id"],
             "predicted_class": pa.array(classes, pa.int64()),
-            "probability": pa.array(proba[np.arange(len(classes)), classes].astype(np.float64)),
-            "model_version": pa.array(np.full(len(classes), version, dtype=object), pa.string()),
-            "scored_at": pa.array(np.full(len(classes), now), pa.timestamp("us", tz="UTC")),
-            "run_id": pa.array([run_id] * len(classes), pa.string()),
+            "probability": pa.array(probability, pa.float64()),
+            "model_version": pa.array([version], pa.string()).take(first),
+            "scored_at": scored_at.take(first),
+            "run_id": pa.array([run_id], pa.string()).take(first),
         },
         schema=PREDICTION_SCHEMA,
     )

@@ -6,6 +6,7 @@ TensorFlow is imported on first use: only the training program and scoring call 
 from __future__ import annotations
 
 import os
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -55,7 +56,50 @@ def load_model(path: str) -> keras.Model:
     return _tensorflow().keras.models.load_model(path, compile=False)
 
 
-def predict_proba(model: keras.Model, pixels: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-    """Class probabilities, one batched call over all rows."""
-    logits = model.predict(to_features(pixels), batch_size=batch_size, verbose=0)
-    return _tensorflow().nn.softmax(logits).numpy()
+#: Rows per call of the compiled scoring graph: large calls amortize TensorFlow's per-op
+#: dispatch (on 2 cores 16k-row calls ran ~10% faster than 4k-row ones, 64k-row ones ~20%),
+#: while a convolution's output stays ~130 MB (64k rows: 0.5 GB).
+SCORING_CHUNK = 16_384
+
+#: model -> its compiled scoring graph. The graph holds the model only weakly (no cycle), so a
+#: model that is dropped takes its graph with it.
+_SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _scorer(model: keras.Model):
+    """One `tf.function` per model, uint8 pixels in, probabilities out: no Keras `predict`
+    machinery (a data adapter and a Python loop per call), no float copy of the input in numpy."""
+    scorer = _SCORERS.get(model)
+    if scorer is None:
+        tf = _tensorflow()
+        ref = weakref.ref(model)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, PIXELS], tf.uint8)])
+        def scorer(pixels):
+            x = tf.cast(pixels, tf.float32) / PIXEL_MAX  # exactly `to_features`
+            return tf.nn.softmax(ref()(x, training=False))
+
+        _SCORERS[model] = scorer
+    return scorer
+
+
+def predict_proba(model: keras.Model, pixels: np.ndarray, chunk: int = SCORING_CHUNK) -> np.ndarray:
+    """Class probabilities (float32, rows x 10) of uint8 pixels in 0..16, from the compiled
+    graph in large chunks."""
+    pixels = np.ascontiguousarray(pixels, np.uint8).reshape(-1, PIXELS)
+    scorer = _scorer(model)
+    out = np.empty((len(pixels), 10), np.float32)
+    for start in range(0, len(pixels), chunk):
+        out[start : start + chunk] = scorer(pixels[start : start + chunk]).numpy()
+    return out
+
+
+def predict_classes(
+    model: keras.Model, pixels: np.ndarray, chunk: int = SCORING_CHUNK
+) -> tuple[np.ndarray, np.ndarray]:
+    """The most likely class (int64) and its probability (float64) per row: what scoring
+    keeps, without materializing every class's probability as float64."""
+    proba = predict_proba(model, pixels, chunk)
+    classes = proba.argmax(axis=1)
+    best = np.take_along_axis(proba, classes[:, None], axis=1)[:, 0].astype(np.float64)
+    return classes.astype(np.int64, copy=False), best

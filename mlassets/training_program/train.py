@@ -1,9 +1,10 @@
 """The Horovod training program: `horovodrun -np N ... python -m mlassets.training_program.train`.
 
-Every rank reads its own shards of the train split, the learning rate scales with the number
-of workers (and decays along a cosine over the run), rank 0's initial variables are broadcast,
-gradients are averaged by `hvd.DistributedGradientTape`, and epoch metrics are averaged
-across ranks with `hvd.allreduce` (Horovod's MetricAverageCallback does not work with
+Every rank reads its own shards of the train split (or all of it, keeping every N-th row, when
+the shards split it unevenly), the learning rate scales with the number of workers (and
+decays along a cosine over the run), rank 0's initial variables are broadcast, gradients are
+averaged by `hvd.DistributedGradientTape`, and epoch metrics are averaged across ranks with
+`hvd.allreduce` (Horovod's MetricAverageCallback does not work with
 tf-keras here). Rank 0 opens Dagster Pipes: one log line per epoch, then the materialization
 metadata. Seeded, so the same dataset, settings and worker count give the same model.
 
@@ -134,6 +135,11 @@ MIN_UPDATES = 600
 FINAL_LEARNING_RATE_SHARE = 0.05
 #: Most epochs the automatic choice makes (a few dozen rows: each epoch is one tiny step).
 MAX_AUTO_EPOCHS = 200
+#: Shards are slices of a hash of the sample id, and a few thousand ids can fall unevenly
+#: (3,000 events: 956 and 1,455 train rows on 2 ranks). Steps are cut to the smallest rank's
+#: rows, so when it holds less than this share of the mean every rank reads the whole split
+#: and keeps every size-th row instead of leaving the rest of the larger ranks' rows unused.
+MIN_SHARD_BALANCE = 0.9
 #: Rows a CPU computes at once: a 256-row layer's activations stay in the core's cache; a
 #: 2048-row one does not, and the same samples take ~10% longer.
 CPU_MICRO_BATCH = 256
@@ -346,11 +352,27 @@ def train(args: Args) -> Metrics | None:
         shards = sorted({shard_of_path(p) for p in manifest.paths("train")})
         if not shards:
             raise FileNotFoundError(f"no train split for dataset {args.dataset_version}")
+
+        def row_counts(rows: int) -> tuple[int, int]:
+            """(fewest rows on a rank, rows on all ranks): the same on every rank."""
+            n = tf.constant(rows)
+            return int(hvd.allreduce(n, op=hvd.Min)), int(hvd.allreduce(n, op=hvd.Sum))
+
+        local = None
         if len(shards) >= size:  # each rank reads only its own shards' files
             local = read_split(lake, args.dataset_version, "train", shards=shards[rank::size])
-        else:  # fewer shards than workers: every rank reads all, keeps every size-th row
+            fewest, train_rows = row_counts(local.num_rows)
+            if fewest * size < MIN_SHARD_BALANCE * train_rows:  # every rank decides alike
+                reporter.log(
+                    f"the train shards split {train_rows:,} rows unevenly ({fewest:,} on the "
+                    f"smallest of {size} ranks): every rank reads them all, keeps every "
+                    f"{size}th row"
+                )
+                local = None
+        if local is None:  # every rank reads all, keeps every size-th row
             everything = read_split(lake, args.dataset_version, "train")
             local = everything.take(pa.array(np.arange(rank, everything.num_rows, size)))
+            fewest, train_rows = row_counts(local.num_rows)
         x, y = _arrays(local)
         val = read_split(lake, args.dataset_version, "validation")
         x_val, y_val = _arrays(val.take(pa.array(np.arange(rank, val.num_rows, size))))
@@ -358,10 +380,8 @@ def train(args: Args) -> Metrics | None:
         model = build_model(args.seed)
         loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-        # Equal step counts on every rank, or the allreduce of the longest one never returns;
-        # a dataset smaller than a batch per rank trains on smaller batches instead of failing.
-        fewest = int(hvd.allreduce(tf.constant(len(x)), op=hvd.Min).numpy())
-        train_rows = int(hvd.allreduce(tf.constant(len(x)), op=hvd.Sum).numpy())
+        # Equal step counts on every rank (`fewest`), or the allreduce of the longest one never
+        # returns; a dataset smaller than a batch per rank trains on smaller batches instead.
         if fewest == 0:
             raise ValueError(
                 f"a worker has no training rows ({train_rows} rows for {size} workers)"
@@ -433,7 +453,7 @@ def train(args: Args) -> Metrics | None:
         started = time.perf_counter()
         first = True
         for epoch in range(1, epochs + 1):
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             batches = rng.permutation(len(x))[: steps * batch_size].reshape(steps, -1)
             loss_sum.assign(0.0)
             correct_sum.assign(0.0)
@@ -451,6 +471,7 @@ def train(args: Args) -> Metrics | None:
                         float(steps * batch_size),
                         val_correct,
                         float(len(x_val)),
+                        time.process_time() - cpu0,
                     ],
                     tf.float64,
                 ),
@@ -463,6 +484,9 @@ def train(args: Args) -> Metrics | None:
                 "accuracy": totals[1] / totals[2],
                 "val_accuracy": totals[3] / max(totals[4], 1.0),
                 "samples_per_second": totals[2] / elapsed,
+                # CPU seconds per rank per second of the epoch: below 1 (one thread each),
+                # ranks waited (for each other, or for a core other processes held).
+                "cpu_busy": totals[5] / (size * elapsed),
             }
             history.append(record)
             reporter.log(

@@ -130,6 +130,7 @@ def test_a_large_step_runs_in_micro_batches_under_horovod_and_says_so(tmp_path):
     assert metrics["steps_per_epoch"] == metrics["train_rows"] // 2 // 512 > 0
     assert "computed in 4 micro-batches of 128" in stderr
     assert all(0 <= h["accuracy"] <= 1 and h["loss"] > 0 for h in metrics["history"])
+    assert all(h["cpu_busy"] > 0 for h in metrics["history"])  # how busy the ranks were
 
 
 def test_the_automatic_step_grows_with_the_data_and_leaves_every_worker_32_steps_an_epoch():
