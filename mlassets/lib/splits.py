@@ -50,8 +50,17 @@ def _split_of_hash(h: np.ndarray) -> np.ndarray:
 
 
 def shard_of(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """The train shard (0..TRAIN_SHARDS-1) of each id: the hash's high bits, independent of
-    the split's low ones. Other splits have one shard (0)."""
+    """The train shard (0..TRAIN_SHARDS-1) of each id, from the mixed hash. Other splits have
+    one shard (0)."""
     h = stable_hash(ids)
-    shard = ((h >> np.uint64(32)) % np.uint64(TRAIN_SHARDS)).astype(np.int8)
+    # FNV-1a's high bits barely move between ids that differ in their last characters
+    # (s-0001, s-0002, ...): mixed first (splitmix64's finalizer), for the shard only; the
+    # split keeps the plain hash, so no sample ever changes split.
+    with np.errstate(over="ignore"):
+        x = h ^ (h >> np.uint64(30))
+        x = x * np.uint64(0xBF58476D1CE4E5B9)
+        x = x ^ (x >> np.uint64(27))
+        x = x * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    shard = (x % np.uint64(TRAIN_SHARDS)).astype(np.int8)
     return np.where(_split_of_hash(h) == 0, shard, 0).astype(np.int8)
