@@ -6,36 +6,14 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pytest
 
-from mlassets.lib import cdc, sample_state
+from mlassets.lib import cdc, sample_state, state_merges
 from mlassets.lib.datasets import SPLITS, build_dataset, read_split, write_manifest
 from mlassets.lib.events import LANDED_SCHEMA
 from mlassets.lib.landing import EventRange
 from mlassets.roles.storage import LakeStorage
-from mlassets.twins.labels_db import SqliteLabelsDatabase
-from mlassets_tests.conftest import AZURITE_ACCOUNT
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def db(tmp_path):
-    database = SqliteLabelsDatabase(url=f"sqlite:///{tmp_path}/labels.db")
-    yield database
-    database.dispose()
-
-
-@pytest.fixture(params=["local", pytest.param("blob", marks=pytest.mark.azurite)])
-def lake(request, tmp_path):
-    """The same specification on a local folder and on Blob Storage (Azurite)."""
-    if request.param == "local":
-        return LakeStorage(url=f"file://{tmp_path}/lake")
-    container = request.getfixturevalue("azurite_container")
-    return LakeStorage(
-        url=f"abfs://{container}@{AZURITE_ACCOUNT}.dfs.core.windows.net/lake",
-        connection_string=request.getfixturevalue("azurite"),
-    )
 
 
 class Hub:
@@ -196,7 +174,7 @@ def test_a_range_still_being_landed_is_waited_for_not_skipped(db, lake):
 
 
 def test_small_steps_and_compaction_keep_the_version_and_the_rows(db, lake, monkeypatch):
-    monkeypatch.setattr(sample_state, "MAX_SEGMENTS", 3)
+    monkeypatch.setattr(state_merges, "MAX_SEGMENTS", 3)
     hub = Hub(lake)
     for k in range(5):
         batch = ids(f"p{k}", 60)
@@ -260,8 +238,8 @@ def test_imported_drops_are_taken_in_once_each(db, lake):
 
 
 def test_merges_stop_at_the_segment_cap_and_many_overrides_rewrite_a_segment(db, lake, monkeypatch):
-    monkeypatch.setattr(sample_state, "MAX_SEGMENT_ROWS", 100)
-    monkeypatch.setattr(sample_state, "MIN_COMPACT_OVERRIDES", 1)
+    monkeypatch.setattr(state_merges, "MAX_SEGMENT_ROWS", 100)
+    monkeypatch.setattr(state_merges, "MIN_COMPACT_OVERRIDES", 1)
     hub = Hub(lake)
     for k in range(16):
         hub.land(ids(f"t{k}", 10), minute=k)
@@ -270,7 +248,7 @@ def test_merges_stop_at_the_segment_cap_and_many_overrides_rewrite_a_segment(db,
     state = sample_state.advance(lake, step_events=10)
     assert max(s.rows for s in state.segments) <= 100
     label(db, {s: 9 for s in ids("t0", 10) + ids("t1", 10)}, update=True)  # 20 of 160: 12%
-    monkeypatch.setattr(sample_state, "MAX_OVERRIDE_SHARE", 0.1)
+    monkeypatch.setattr(state_merges, "MAX_OVERRIDE_SHARE", 0.1)
     sync(db, lake)
     state = sample_state.advance(lake)
     assert state.compaction and state.override_rows < 16  # the segment that held them, rewritten

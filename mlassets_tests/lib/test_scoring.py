@@ -6,32 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
-import pytest
 
-from mlassets.lib import sample_state, scoring
-from mlassets.roles.storage import LakeStorage
-from mlassets.twins.labels_db import SqliteLabelsDatabase
-from mlassets_tests.conftest import AZURITE_ACCOUNT
+from mlassets.lib import sample_state, scoring, state_merges
 from mlassets_tests.lib.test_sample_state import Hub, ids, label, sync
-
-
-@pytest.fixture
-def db(tmp_path):
-    database = SqliteLabelsDatabase(url=f"sqlite:///{tmp_path}/labels.db")
-    yield database
-    database.dispose()
-
-
-@pytest.fixture(params=["local", pytest.param("blob", marks=pytest.mark.azurite)])
-def lake(request, tmp_path):
-    """The same specification on a local folder and on Blob Storage (Azurite)."""
-    if request.param == "local":
-        return LakeStorage(url=f"file://{tmp_path}/lake")
-    container = request.getfixturevalue("azurite_container")
-    return LakeStorage(
-        url=f"abfs://{container}@{AZURITE_ACCOUNT}.dfs.core.windows.net/lake",
-        connection_string=request.getfixturevalue("azurite"),
-    )
 
 
 def run_scoring(lake, version="m1", die_after_claim=False) -> list[str]:
@@ -96,7 +73,7 @@ def test_a_killed_scoring_is_finished_by_the_next_and_nothing_is_scored_twice(db
 
 
 def test_compaction_of_scored_segments_does_not_score_them_again(db, lake, monkeypatch):
-    monkeypatch.setattr(sample_state, "MAX_SEGMENTS", 2)
+    monkeypatch.setattr(state_merges, "MAX_SEGMENTS", 2)
     hub = Hub(lake)
     for k in range(4):
         hub.land(ids(f"p{k}", 5), minute=k)
